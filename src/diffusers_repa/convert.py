@@ -1,0 +1,376 @@
+# Copyright 2026 The diffusers-repa authors. Licensed under the Apache License, Version 2.0.
+"""Convert official REPA (`sihyun-yu/REPA`) checkpoints to diffusers folders, and back.
+
+`FromOriginalModelMixin.from_single_file` only serves classes inside diffusers, so, like diffusers' own
+`scripts/convert_dit_to_diffusers.py`, this is a converter module with a CLI:
+
+```bash
+python -m diffusers_repa.convert --checkpoint pretrained_models/last.pt --output_dir sit-xl-2-repa
+python -m diffusers_repa.convert --checkpoint exps/run/checkpoints/0400000.pt --output_dir out --use_raw
+python -m diffusers_repa.convert --to_official --model_dir sit-xl-2-repa --output last.pt
+```
+"""
+
+import argparse
+import math
+import pickle
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+from .models import SIT_PRESETS, REPAProjector, SiTTransformer2DModel
+
+# Keys a training checkpoint of the official train.py holds; `opt` and `steps` are not model weights.
+TRAINING_CHECKPOINT_KEYS = {"model", "ema", "opt", "args", "steps"}
+# What the official train.py defaults to when a checkpoint carries no `args` (the released last.pt).
+OFFICIAL_DEFAULT_ALIGNMENT_DEPTH = 8
+
+# official key (with {i} for the block index) -> ours; qkv and pos_embed are handled separately.
+_BLOCK_KEY_MAP = {
+    "adaLN_modulation.1": "norm1.linear",
+    "attn.proj": "attn.to_out.0",
+    "attn.q_norm": "attn.norm_q",
+    "attn.k_norm": "attn.norm_k",
+    "mlp.fc1": "ff.net.0.proj",
+    "mlp.fc2": "ff.net.2",
+}
+_TOP_KEY_MAP = {
+    "x_embedder.proj": "pos_embed.proj",
+    "t_embedder.mlp.0": "timestep_embedder.linear_1",
+    "t_embedder.mlp.2": "timestep_embedder.linear_2",
+    "y_embedder.embedding_table": "class_embedder.embedding_table",
+    "final_layer.adaLN_modulation.1": "proj_out_1",
+    "final_layer.linear": "proj_out_2",
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be converted; the message says why and what to do."""
+
+
+def load_official_checkpoint(path: str | Path) -> dict[str, Any]:
+    """
+    Load an official checkpoint without executing arbitrary pickle code.
+
+    Uses `torch.load(weights_only=True)`, whose unpickler admits only tensors and plain containers; the single extra
+    global allowed is `argparse.Namespace` (the `args` that official training checkpoints carry). Anything else, a
+    pickle payload included, is refused before it runs.
+
+    Args:
+        path: a `.pt` file written by the official `train.py` (`model`/`ema`/`opt`/`args`/`steps`) or a flat
+            state dict such as the released `last.pt`.
+
+    Returns:
+        The loaded dictionary.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No checkpoint file at {path}.")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors, plain containers and argparse.Namespace, so it was not "
+            f"loaded (no code from it was run). Only checkpoints from the official REPA code are accepted. "
+            f"Details: {str(error).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {str(error).splitlines()[0]}). "
+            "Pass the `.pt` file saved by the official REPA code."
+        ) from None
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a state dict or training checkpoint.")
+    return dict(checkpoint)
+
+
+def _namespace_get(args: Any, name: str, default: Any = None) -> Any:
+    if args is None:
+        return default
+    if isinstance(args, Mapping):
+        return args.get(name, default)
+    return getattr(args, name, default)
+
+
+def _split_checkpoint(checkpoint: Mapping[str, Any], use_raw: bool) -> tuple[dict[str, torch.Tensor], Any]:
+    """Return (state dict, args) from a flat state dict or an official training checkpoint."""
+    if "ema" in checkpoint or "model" in checkpoint:
+        unknown = set(checkpoint) - TRAINING_CHECKPOINT_KEYS
+        if unknown:
+            raise CheckpointError(f"Unexpected top-level entries in the training checkpoint: {sorted(unknown)}.")
+        which = "model" if use_raw else "ema"
+        if which not in checkpoint:
+            raise CheckpointError(f"The training checkpoint has no {which!r} weights (has {sorted(checkpoint)}).")
+        state_dict, args = checkpoint[which], checkpoint.get("args")
+    else:
+        state_dict, args = checkpoint, None
+    if not isinstance(state_dict, Mapping) or not all(torch.is_tensor(v) for v in state_dict.values()):
+        raise CheckpointError("The checkpoint's weights are not a mapping of names to tensors.")
+    return dict(state_dict), args
+
+
+def _infer_config(state_dict: Mapping[str, torch.Tensor], args: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Infer the SiT config from tensor shapes; heads and alignment depth from `args`, overrides or a preset."""
+    required = ["x_embedder.proj.weight", "y_embedder.embedding_table.weight", "final_layer.linear.weight"]
+    missing = [key for key in required if key not in state_dict]
+    if missing:
+        raise CheckpointError(f"Not an official SiT state dict: missing keys {missing}.")
+    hidden_size, in_channels, patch_size, _ = state_dict["x_embedder.proj.weight"].shape
+    block_ids = {int(m.group(1)) for key in state_dict if (m := re.match(r"blocks\.(\d+)\.", key))}
+    num_layers = max(block_ids) + 1 if block_ids else 0
+    if num_layers == 0:
+        raise CheckpointError("Not an official SiT state dict: no `blocks.*` keys.")
+    table_rows = state_dict["y_embedder.embedding_table.weight"].shape[0]
+    class_dropout_prob = overrides.get("class_dropout_prob", 0.1)
+    config: dict[str, Any] = {
+        "patch_size": int(patch_size),
+        "in_channels": int(in_channels),
+        "out_channels": int(state_dict["final_layer.linear.weight"].shape[0] // (patch_size * patch_size)),
+        "num_layers": num_layers,
+        "num_classes": int(table_rows - (1 if class_dropout_prob > 0 else 0)),
+        "class_dropout_prob": class_dropout_prob,
+        "qk_norm": "blocks.0.attn.q_norm.weight" in state_dict,
+    }
+    if "blocks.0.mlp.fc1.weight" in state_dict:
+        config["mlp_ratio"] = state_dict["blocks.0.mlp.fc1.weight"].shape[0] / hidden_size
+    if "pos_embed" in state_dict:
+        config["sample_size"] = int(math.isqrt(state_dict["pos_embed"].shape[1])) * int(patch_size)
+    elif _namespace_get(args, "resolution") is not None:
+        config["sample_size"] = int(_namespace_get(args, "resolution")) // 8
+
+    heads = overrides.pop("num_attention_heads", None)
+    model_name = _namespace_get(args, "model")
+    if heads is None and model_name in SIT_PRESETS:
+        heads = SIT_PRESETS[model_name][2]
+    if heads is None:  # no args: the preset with this depth and width
+        matches = {h for (d, w, h, _) in SIT_PRESETS.values() if d == num_layers and w == hidden_size}
+        heads = matches.pop() if len(matches) == 1 else None
+    if heads is None:
+        raise CheckpointError(
+            f"Cannot infer the number of attention heads of a {num_layers}-block, width-{hidden_size} SiT: pass "
+            "`num_attention_heads=` (CLI: --num_attention_heads)."
+        )
+    if hidden_size % heads:
+        raise CheckpointError(f"Width {hidden_size} is not divisible by {heads} attention heads.")
+    config["num_attention_heads"] = int(heads)
+    config["attention_head_dim"] = int(hidden_size // heads)
+    depth = overrides.pop("alignment_depth", None) or _namespace_get(args, "encoder_depth")
+    config["alignment_depth"] = int(depth or OFFICIAL_DEFAULT_ALIGNMENT_DEPTH)
+    if not 1 <= config["alignment_depth"] <= num_layers:
+        raise CheckpointError(
+            f"alignment depth {config['alignment_depth']} does not fit a {num_layers}-block model: pass "
+            "`alignment_depth=` (CLI: --alignment_depth), the official --encoder-depth of the run."
+        )
+    config.update(overrides)
+    return config
+
+
+def official_to_diffusers_state_dict(state_dict: Mapping[str, torch.Tensor], num_layers: int) -> dict:
+    """Rename official SiT keys to ours and split the fused qkv projection. Unknown keys raise."""
+    converted: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        if key == "pos_embed" or key.startswith("projectors."):
+            continue  # the fixed sin-cos table is recomputed; projectors go to REPAProjector
+        if m := re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", key):
+            index, name, kind = int(m.group(1)), m.group(2), m.group(3)
+            prefix = f"transformer_blocks.{index}"
+            if index >= num_layers:
+                unknown.append(key)
+            elif name == "attn.qkv":
+                for part, chunk in zip(("to_q", "to_k", "to_v"), value.chunk(3, dim=0)):
+                    converted[f"{prefix}.attn.{part}.{kind}"] = chunk.clone()
+            elif name in _BLOCK_KEY_MAP:
+                converted[f"{prefix}.{_BLOCK_KEY_MAP[name]}.{kind}"] = value
+            else:
+                unknown.append(key)
+            continue
+        stem, _, kind = key.rpartition(".")
+        if stem in _TOP_KEY_MAP:
+            converted[f"{_TOP_KEY_MAP[stem]}.{kind}"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"Unknown keys in the official state dict (not a SiT, or another version): {unknown}")
+    return converted
+
+
+def _projector_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict] | None:
+    keys = [key for key in state_dict if key.startswith("projectors.")]
+    if not keys:
+        return None
+    heads = sorted({int(key.split(".")[1]) for key in keys})
+    if heads != list(range(len(heads))):
+        raise CheckpointError(f"Projector heads must be numbered 0..n-1, found {heads}.")
+    z_dims = []
+    for head in heads:
+        needed = [f"projectors.{head}.{layer}.{kind}" for layer in (0, 2, 4) for kind in ("weight", "bias")]
+        missing = [key for key in needed if key not in state_dict]
+        if missing:
+            raise CheckpointError(f"Incomplete projector {head}: missing {missing}.")
+        z_dims.append(int(state_dict[f"projectors.{head}.4.weight"].shape[0]))
+    extra = sorted(set(keys) - {f"projectors.{h}.{l}.{k}" for h in heads for l in (0, 2, 4) for k in ("weight", "bias")})
+    if extra:
+        raise CheckpointError(f"Unknown projector keys: {extra}.")
+    hidden_size = int(state_dict["projectors.0.0.weight"].shape[1])
+    projector_dim = int(state_dict["projectors.0.0.weight"].shape[0])
+    config = {"hidden_size": hidden_size, "projector_dim": projector_dim, "z_dims": z_dims}
+    return {key: state_dict[key] for key in keys}, config
+
+
+def _strict_load(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = [
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(state_dict))
+        if state_dict[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"The {what} weights do not fit the inferred config: missing {missing}, unexpected {unexpected}, "
+            f"wrong shapes {wrong}. Pass the right config values (e.g. num_attention_heads, sample_size)."
+        )
+    model.load_state_dict(state_dict, strict=True, assign=any(p.is_meta for p in model.parameters()))
+
+
+def convert_official_state_dict(
+    state_dict: Mapping[str, Any], use_raw: bool = False, **config_overrides: Any
+) -> tuple[SiTTransformer2DModel, REPAProjector | None]:
+    """
+    Build our models from an official REPA state dict or training checkpoint.
+
+    Args:
+        state_dict: a flat official state dict (the released `last.pt`), or an official training checkpoint
+            (`model`/`ema`/`opt`/`args`/`steps`), whose EMA weights are used unless `use_raw=True`.
+        use_raw: take the online (`model`) weights of a training checkpoint instead of the EMA.
+        config_overrides: [`SiTTransformer2DModel`] config values the shapes cannot tell, e.g.
+            `num_attention_heads=16, alignment_depth=8` (defaults: the official run's `args`, then the matching
+            preset's heads and the official alignment depth 8).
+
+    Returns:
+        `(transformer, projector)`; `projector` is `None` when the checkpoint has no projector weights.
+
+    Example:
+
+    ```py
+    >>> from diffusers_repa.convert import convert_official_state_dict, load_official_checkpoint
+    >>> transformer, projector = convert_official_state_dict(load_official_checkpoint("last.pt"))
+    >>> transformer.save_pretrained("sit-xl-2-repa/transformer")
+    ```
+    """
+    weights, args = _split_checkpoint(state_dict, use_raw)
+    config = _infer_config(weights, args, dict(config_overrides))
+    converted = official_to_diffusers_state_dict(weights, config["num_layers"])
+    transformer = SiTTransformer2DModel(**config)
+    _strict_load(transformer, converted, "transformer")
+    if "pos_embed" in weights:
+        official_pos = weights["pos_embed"].to(transformer.pos_embed.pos_embed)
+        if official_pos.shape != transformer.pos_embed.pos_embed.shape:
+            raise CheckpointError(
+                f"pos_embed has shape {tuple(official_pos.shape)}, the model expects "
+                f"{tuple(transformer.pos_embed.pos_embed.shape)}: pass the right `sample_size`."
+            )
+    projector = None
+    if (projector_weights := _projector_state_dict(weights)) is not None:
+        projector_state, projector_config = projector_weights
+        if projector_config["hidden_size"] != transformer.hidden_size:
+            raise CheckpointError(
+                f"Projector input width {projector_config['hidden_size']} != transformer width "
+                f"{transformer.hidden_size}."
+            )
+        projector = REPAProjector(**projector_config)
+        _strict_load(projector, projector_state, "projector")
+    return transformer.eval(), projector
+
+
+def diffusers_to_official_state_dict(
+    transformer: SiTTransformer2DModel, projector: REPAProjector | None = None
+) -> dict[str, torch.Tensor]:
+    """
+    Our weights in the official layout (fused qkv, `pos_embed` included), loadable by the official `generate.py`
+    (`SiT_models[...](..., z_dims=projector z_dims, encoder_depth=alignment_depth)` with strict loading).
+    """
+    reverse_top = {ours: official for official, ours in _TOP_KEY_MAP.items()}
+    reverse_block = {ours: official for official, ours in _BLOCK_KEY_MAP.items()}
+    official: dict[str, torch.Tensor] = {}
+    ours = transformer.state_dict()
+    grid = transformer.config.sample_size // transformer.config.patch_size
+    pos_embed = get_2d_sincos_pos_embed(transformer.hidden_size, grid, base_size=grid, output_type="pt")
+    official["pos_embed"] = pos_embed.float().unsqueeze(0)
+    for key, value in ours.items():
+        if m := re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)\.(weight|bias)", key):
+            index, name, kind = m.groups()
+            if name in ("attn.to_k", "attn.to_v"):
+                continue
+            if name == "attn.to_q":
+                parts = [ours[f"transformer_blocks.{index}.attn.to_{p}.{kind}"] for p in "qkv"]
+                official[f"blocks.{index}.attn.qkv.{kind}"] = torch.cat(parts, dim=0)
+            else:
+                official[f"blocks.{index}.{reverse_block[name]}.{kind}"] = value
+        else:
+            stem, _, kind = key.rpartition(".")
+            official[f"{reverse_top[stem]}.{kind}"] = value
+    if projector is not None:
+        official.update({key: value for key, value in projector.state_dict().items()})
+    return {key: value.detach().cpu().contiguous() for key, value in official.items()}
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m diffusers_repa.convert", description="Convert official REPA checkpoints to diffusers."
+    )
+    parser.add_argument("--checkpoint", type=Path, help="official .pt (flat state dict or training checkpoint)")
+    parser.add_argument("--output_dir", type=Path, help="writes transformer/ and projector/ (and a pipeline)")
+    parser.add_argument("--use_raw", action="store_true", help="use the online `model` weights, not the EMA")
+    parser.add_argument("--num_attention_heads", type=int, default=None)
+    parser.add_argument("--alignment_depth", type=int, default=None, help="the official --encoder-depth")
+    parser.add_argument("--sample_size", type=int, default=None, help="latent side (resolution // 8)")
+    parser.add_argument("--to_official", action="store_true", help="reverse: diffusers folder -> official .pt")
+    parser.add_argument("--model_dir", type=Path, help="with --to_official: folder with transformer/ [projector/]")
+    parser.add_argument("--output", type=Path, help="with --to_official: the .pt file to write")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        if args.to_official:
+            if args.model_dir is None or args.output is None:
+                raise CheckpointError("--to_official needs --model_dir and --output.")
+            transformer = SiTTransformer2DModel.from_pretrained(args.model_dir / "transformer")
+            projector_dir = args.model_dir / "projector"
+            projector = REPAProjector.from_pretrained(projector_dir) if projector_dir.is_dir() else None
+            torch.save(diffusers_to_official_state_dict(transformer, projector), args.output)
+            print(f"Wrote the official-layout state dict to {args.output}")
+            return 0
+        if args.checkpoint is None or args.output_dir is None:
+            raise CheckpointError("Pass --checkpoint and --output_dir (or --to_official).")
+        overrides = {
+            name: value
+            for name in ("num_attention_heads", "alignment_depth", "sample_size")
+            if (value := getattr(args, name)) is not None
+        }
+        transformer, projector = convert_official_state_dict(
+            load_official_checkpoint(args.checkpoint), use_raw=args.use_raw, **overrides
+        )
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    transformer.save_pretrained(args.output_dir / "transformer")
+    print(f"Wrote {args.output_dir / 'transformer'} ({transformer.num_parameters():,} parameters)")
+    if projector is not None:
+        projector.save_pretrained(args.output_dir / "projector")
+        print(f"Wrote {args.output_dir / 'projector'} (z_dims {list(projector.config.z_dims)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
