@@ -269,15 +269,21 @@ def convert_official_state_dict(
     weights, args = _split_checkpoint(state_dict, use_raw)
     config = _infer_config(weights, args, dict(config_overrides))
     converted = official_to_diffusers_state_dict(weights, config["num_layers"])
-    transformer = SiTTransformer2DModel(**config)
+    # Weights on the meta device (a shape manifest) build the model there too, without allocating it.
+    device = "meta" if any(value.is_meta for value in weights.values()) else "cpu"
+    with torch.device(device):
+        transformer = SiTTransformer2DModel(**config)
     _strict_load(transformer, converted, "transformer")
     if "pos_embed" in weights:
-        official_pos = weights["pos_embed"].to(transformer.pos_embed.pos_embed)
-        if official_pos.shape != transformer.pos_embed.pos_embed.shape:
+        official_pos, ours = weights["pos_embed"], transformer.pos_embed.pos_embed
+        if official_pos.shape != ours.shape:
             raise CheckpointError(
-                f"pos_embed has shape {tuple(official_pos.shape)}, the model expects "
-                f"{tuple(transformer.pos_embed.pos_embed.shape)}: pass the right `sample_size`."
+                f"pos_embed has shape {tuple(official_pos.shape)}, the model expects {tuple(ours.shape)}: pass the "
+                "right `sample_size`."
             )
+        # Ours is recomputed from the fixed sin-cos formula; a checkpoint with other values is another model.
+        if not official_pos.is_meta and not torch.allclose(official_pos.float(), ours, atol=1e-5):
+            raise CheckpointError("The checkpoint's pos_embed is not the fixed 2-D sin-cos table SiT uses.")
     projector = None
     if (projector_weights := _projector_state_dict(weights)) is not None:
         projector_state, projector_config = projector_weights
@@ -286,7 +292,8 @@ def convert_official_state_dict(
                 f"Projector input width {projector_config['hidden_size']} != transformer width "
                 f"{transformer.hidden_size}."
             )
-        projector = REPAProjector(**projector_config)
+        with torch.device(device):
+            projector = REPAProjector(**projector_config)
         _strict_load(projector, projector_state, "projector")
     return transformer.eval(), projector
 
