@@ -16,6 +16,7 @@ import math
 import pickle
 import re
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,8 @@ def load_official_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"No checkpoint file at {path}.")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle-protocol notes on non-torch files; the outcome is reported below
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
@@ -80,7 +82,7 @@ def load_official_checkpoint(path: str | Path) -> dict[str, Any]:
             f"loaded (no code from it was run). Only checkpoints from the official REPA code are accepted. "
             f"Details: {str(error).splitlines()[0]}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except Exception as error:  # torch.load raises many types on arbitrary bytes; all mean 'not a checkpoint'
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {str(error).splitlines()[0]}). "
             "Pass the `.pt` file saved by the official REPA code."
@@ -327,7 +329,8 @@ def diffusers_to_official_state_dict(
             official[f"{reverse_top[stem]}.{kind}"] = value
     if projector is not None:
         official.update({key: value for key, value in projector.state_dict().items()})
-    return {key: value.detach().cpu().contiguous() for key, value in official.items()}
+    return {key: value.detach().contiguous() if value.is_meta else value.detach().cpu().contiguous()
+            for key, value in official.items()}
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

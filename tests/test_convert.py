@@ -1,0 +1,193 @@
+"""The official-checkpoint converter: formats, inference of the config, strictness, safety, the reverse direction."""
+
+import argparse
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusers_repa import REPAProjector, SiTTransformer2DModel
+from diffusers_repa.convert import (
+    CheckpointError,
+    convert_official_state_dict,
+    diffusers_to_official_state_dict,
+    load_official_checkpoint,
+    main,
+)
+
+from .reference_sit import reference_forward
+
+FIXTURES = Path(__file__).parent / "fixtures" / "official-repa"
+
+
+@pytest.fixture(scope="module")
+def official():
+    return load_file(FIXTURES / "tiny_sit_state_dict.safetensors"), load_file(FIXTURES / "tiny_sit_forward.safetensors")
+
+
+def training_checkpoint(state_dict, **args):
+    ema = {key: value + 0.0 for key, value in state_dict.items()}
+    raw = {key: value * 1.5 if key.startswith("blocks.0.mlp") else value for key, value in state_dict.items()}
+    namespace = argparse.Namespace(model="SiT-custom", encoder_depth=3, resolution=64, proj_coeff=0.5, **args)
+    return {"model": raw, "ema": ema, "opt": {"state": {}, "param_groups": []}, "args": namespace, "steps": 400000}
+
+
+def test_flat_state_dict_converts_and_matches(official):
+    sd, fw = official
+    transformer, projector = convert_official_state_dict(sd, num_attention_heads=6, alignment_depth=3)
+    assert transformer.config.num_classes == 1000 and transformer.config.sample_size == 8
+    assert projector.config.z_dims == [24] and projector.config.projector_dim == 40
+    with torch.no_grad():
+        out = transformer(fw["x"], fw["t"], fw["y"], output_alignment_states=True)
+    torch.testing.assert_close(out.sample, fw["out"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(projector(out.alignment_states)[0], fw["zs_0"], atol=1e-5, rtol=1e-5)
+
+
+def test_cli_converts_a_training_checkpoint_with_pickled_args(official, tmp_path, capsys):
+    sd, fw = official
+    path = tmp_path / "0400000.pt"
+    torch.save(training_checkpoint(sd), path)
+    out_dir = tmp_path / "converted"
+    assert main(["--checkpoint", str(path), "--output_dir", str(out_dir), "--num_attention_heads", "6"]) == 0
+    assert "transformer" in capsys.readouterr().out
+    assert (out_dir / "transformer" / "diffusion_pytorch_model.safetensors").exists()
+    assert (out_dir / "projector" / "diffusion_pytorch_model.safetensors").exists()
+    transformer = SiTTransformer2DModel.from_pretrained(out_dir / "transformer").eval()
+    assert transformer.config.alignment_depth == 3  # from the checkpoint's args.encoder_depth
+    # The EMA weights are taken by default; they equal the fixture here.
+    with torch.no_grad():
+        torch.testing.assert_close(transformer(fw["x"], fw["t"], fw["y"]).sample, fw["out"], atol=1e-5, rtol=1e-5)
+    REPAProjector.from_pretrained(out_dir / "projector")
+    # The inference model carries no projector weights.
+    assert not any("projector" in key for key in load_file(out_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_use_raw_takes_the_online_weights(official):
+    sd, _ = official
+    checkpoint = training_checkpoint(sd)
+    ema_model, _ = convert_official_state_dict(checkpoint, num_attention_heads=6)
+    raw_model, _ = convert_official_state_dict(checkpoint, use_raw=True, num_attention_heads=6)
+    key = "transformer_blocks.0.ff.net.0.proj.weight"
+    torch.testing.assert_close(raw_model.state_dict()[key], ema_model.state_dict()[key] * 1.5)
+
+
+def test_heads_come_from_args_model_name(official):
+    sd, _ = official
+    # A hidden width of 96 matches no preset; an args.model naming a preset supplies the heads.
+    checkpoint = training_checkpoint(sd)
+    checkpoint["args"].model = "SiT-S/2"  # 6 heads
+    transformer, _ = convert_official_state_dict(checkpoint)
+    assert transformer.config.num_attention_heads == 6 and transformer.config.attention_head_dim == 16
+
+
+def test_sit_xl_2_manifest_converts_completely_on_meta():
+    manifest = json.loads((FIXTURES / "sit_xl_2_manifest.json").read_text())
+    sd = {entry["key"]: torch.empty(entry["shape"], device="meta") for entry in manifest["keys"]}
+    assert len(sd) == 298
+    # Like the released last.pt: a flat dict with no args; 16 heads and depth 8 are inferred.
+    transformer, projector = convert_official_state_dict(sd)
+    assert transformer.config.num_attention_heads == 16 and transformer.config.attention_head_dim == 72
+    assert transformer.config.alignment_depth == 8 and transformer.config.num_layers == 28
+    assert transformer.config.sample_size == 32 and transformer.config.num_classes == 1000
+    assert transformer.num_parameters() == manifest["trainable_params_without_projectors"]
+    assert transformer.num_parameters() + projector.num_parameters() + manifest["pos_embed_params"] == manifest[
+        "total_params"
+    ]
+    back = diffusers_to_official_state_dict(transformer, projector)
+    assert {k: tuple(v.shape) for k, v in back.items()} == {e["key"]: tuple(e["shape"]) for e in manifest["keys"]}
+
+
+def test_reverse_conversion_reproduces_the_official_state_dict(official):
+    sd, fw = official
+    transformer, projector = convert_official_state_dict(sd, num_attention_heads=6, alignment_depth=3)
+    back = diffusers_to_official_state_dict(transformer, projector)
+    assert set(back) == set(sd)
+    for key, value in sd.items():
+        if key == "pos_embed":  # recomputed in float32 (the official computes in float64)
+            torch.testing.assert_close(back[key], value, atol=1e-6, rtol=0)
+        else:
+            assert torch.equal(back[key], value), key
+    # The official maths on the reversed weights gives the official outputs.
+    out, zs = reference_forward(back, fw["x"], fw["t"], fw["y"], heads=6, encoder_depth=3)
+    torch.testing.assert_close(out, fw["out"], atol=1e-5, rtol=1e-5)
+
+
+def test_cli_to_official(official, tmp_path):
+    sd, _ = official
+    transformer, projector = convert_official_state_dict(sd, num_attention_heads=6, alignment_depth=3)
+    transformer.save_pretrained(tmp_path / "model" / "transformer")
+    projector.save_pretrained(tmp_path / "model" / "projector")
+    assert main(["--to_official", "--model_dir", str(tmp_path / "model"), "--output", str(tmp_path / "last.pt")]) == 0
+    back = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert set(back) == set(sd)
+
+
+class TestMalformedCheckpoints:
+    def test_a_file_that_is_not_a_checkpoint(self, tmp_path):
+        path = tmp_path / "notes.pt"
+        path.write_text("these are not weights")
+        with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+            load_official_checkpoint(path)
+        assert main(["--checkpoint", str(path), "--output_dir", str(tmp_path / "out")]) == 2
+        assert not (tmp_path / "out").exists()
+
+    def test_a_missing_file(self, tmp_path):
+        with pytest.raises(CheckpointError, match="No checkpoint file"):
+            load_official_checkpoint(tmp_path / "absent.pt")
+
+    def test_missing_keys_are_listed(self, official):
+        sd = dict(official[0])
+        del sd["blocks.1.mlp.fc2.bias"]
+        with pytest.raises(CheckpointError, match=r"missing \['transformer_blocks.1.ff.net.2.bias'\]"):
+            convert_official_state_dict(sd, num_attention_heads=6, alignment_depth=3)
+
+    def test_unknown_keys_are_listed(self, official):
+        sd = dict(official[0])
+        sd["blocks.0.attn.extra.weight"] = torch.zeros(1)
+        sd["decoder_blocks.0.weight"] = torch.zeros(1)
+        with pytest.raises(CheckpointError, match="blocks.0.attn.extra.weight.*decoder_blocks.0.weight"):
+            convert_official_state_dict(sd, num_attention_heads=6, alignment_depth=3)
+
+    def test_wrong_shapes_are_listed(self, official):
+        sd = dict(official[0])
+        sd["blocks.2.mlp.fc1.weight"] = torch.zeros(100, 96)
+        with pytest.raises(CheckpointError, match=r"wrong shapes.*transformer_blocks.2.ff.net.0.proj.weight"):
+            convert_official_state_dict(sd, num_attention_heads=6, alignment_depth=3)
+
+    def test_incomplete_projector(self, official):
+        sd = dict(official[0])
+        del sd["projectors.0.4.bias"]
+        with pytest.raises(CheckpointError, match="Incomplete projector 0"):
+            convert_official_state_dict(sd, num_attention_heads=6, alignment_depth=3)
+
+    def test_alignment_depth_that_does_not_fit(self, official):
+        with pytest.raises(CheckpointError, match="--alignment_depth"):
+            convert_official_state_dict(official[0], num_attention_heads=6)  # default 8 > 5 blocks
+
+    def test_a_pickle_payload_is_refused_and_never_runs(self, tmp_path):
+        marker = tmp_path / "payload-ran"
+
+        class Payload:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        path = tmp_path / "evil.pt"
+        with open(path, "wb") as handle:
+            pickle.dump({"model": {}, "args": Payload()}, handle)
+        torch.save({"ema": {}, "args": Payload()}, tmp_path / "evil_torch.pt")
+        for candidate in (path, tmp_path / "evil_torch.pt"):
+            with pytest.raises(CheckpointError, match="no code from it was run"):
+                load_official_checkpoint(candidate)
+        # The CLI in a fresh process refuses it too, and the payload never executed.
+        result = subprocess.run(
+            [sys.executable, "-m", "diffusers_repa.convert", "--checkpoint", str(path), "--output_dir",
+             str(tmp_path / "out")], capture_output=True, text=True,
+        )
+        assert result.returncode == 2 and "not loaded" in result.stderr and "Traceback" not in result.stderr
+        assert not marker.exists()
