@@ -2,11 +2,20 @@
 
 __version__ = "0.1.0"
 
+from .alignment import REPALoss, REPALossOutput
 from .models import SIT_PRESETS, REPAProjector, SiTTransformer2DModel, SiTTransformer2DModelOutput
+from .pipeline_repa import REPAPipeline
+from .schedulers import SiTEulerMaruyamaScheduler, SiTEulerScheduler, SiTHeunScheduler
 
 __all__ = [
+    "REPALoss",
+    "REPALossOutput",
+    "REPAPipeline",
     "REPAProjector",
     "SIT_PRESETS",
+    "SiTEulerMaruyamaScheduler",
+    "SiTEulerScheduler",
+    "SiTHeunScheduler",
     "SiTTransformer2DModel",
     "SiTTransformer2DModelOutput",
 ]
