@@ -346,6 +346,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--to_official", action="store_true", help="reverse: diffusers folder -> official .pt")
     parser.add_argument("--model_dir", type=Path, help="with --to_official: folder with transformer/ [projector/]")
     parser.add_argument("--output", type=Path, help="with --to_official: the .pt file to write")
+    parser.add_argument(
+        "--vae", help="AutoencoderKL folder or repo id: write a complete REPAPipeline folder (SDE scheduler) instead"
+    )
+    parser.add_argument("--hub_code", action="store_true", help="with --vae: also ship code for plain diffusers")
     return parser.parse_args(argv)
 
 
@@ -374,7 +378,18 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    transformer.save_pretrained(args.output_dir / "transformer")
+    if args.vae is not None:
+        from diffusers import AutoencoderKL
+
+        from .pipeline_repa import REPAPipeline
+        from .schedulers import SiTEulerMaruyamaScheduler
+
+        vae = AutoencoderKL.from_pretrained(args.vae)
+        pipeline = REPAPipeline(transformer, SiTEulerMaruyamaScheduler(), vae=vae)
+        pipeline.save_pretrained(args.output_dir, hub_code=args.hub_code)
+        print(f"Wrote the pipeline {args.output_dir} (transformer, SDE scheduler, VAE from {args.vae})")
+    else:
+        transformer.save_pretrained(args.output_dir / "transformer")
     print(f"Wrote {args.output_dir / 'transformer'} ({transformer.num_parameters():,} parameters)")
     if projector is not None:
         projector.save_pretrained(args.output_dir / "projector")

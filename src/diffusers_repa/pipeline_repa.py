@@ -9,7 +9,7 @@ import difflib
 import inspect
 import json
 import os
-import shutil
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from diffusers.models import AutoencoderKL
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils.dynamic_modules_utils import get_relative_import_files
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import snapshot_download
 
@@ -53,8 +52,8 @@ class REPAPipeline(DiffusionPipeline):
             The sampler; the SDE scheduler with 250 steps is the paper's FID setting.
         vae ([`AutoencoderKL`], *optional*): Decodes latents (REPA: `stabilityai/sd-vae-ft-ema`). `None` means the
             transformer works in pixel space (use `latent_scale=1.0`), or that only `output_type="latent"` is used.
-        id2label (`dict[int | str, str]`, *optional*): Class names, `"name, synonym, ..."` per id. Defaults to the
-            ImageNet-1k names shipped with the package when the transformer has 1000 classes.
+        id2label (`dict[str, str]`, *optional*): Class names, `"name, synonym, ..."` per id (keys may also be
+            ints). Defaults to the ImageNet-1k names shipped with the package when the transformer has 1000 classes.
         latent_scale (`float` or a list of per-channel floats, defaults to 0.18215): The model works on
             `z * latent_scale + latent_shift` for VAE latents `z` (REPA: 0.18215, as SD-VAE's `scaling_factor`).
         latent_shift (`float` or a list of per-channel floats, defaults to 0.0): See `latent_scale` (REPA: 0).
@@ -69,7 +68,7 @@ class REPAPipeline(DiffusionPipeline):
         transformer: ModelMixin,
         scheduler: SchedulerMixin,
         vae: AutoencoderKL | None = None,
-        id2label: dict[int | str, str] | None = None,
+        id2label: dict[str, str] | None = None,
         latent_scale: float | list[float] = 0.18215,
         latent_shift: float | list[float] = 0.0,
     ):
@@ -131,7 +130,7 @@ class REPAPipeline(DiffusionPipeline):
             if class_labels.ndim > 1 or class_labels.is_floating_point():
                 raise ValueError(f"A `class_labels` tensor must be 1-D of integers, got {class_labels}.")
             class_labels = class_labels.flatten().tolist()
-        elif isinstance(class_labels, (int, str)):
+        elif not isinstance(class_labels, Sequence) or isinstance(class_labels, str):
             class_labels = [class_labels]
         class_labels = list(class_labels)
         if not class_labels:
@@ -342,7 +341,8 @@ class REPAPipeline(DiffusionPipeline):
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False, **step_kwargs)[0]
 
                 if callback_on_step_end is not None:
-                    callback_kwargs = {name: locals()[name] for name in callback_on_step_end_tensor_inputs}
+                    tensors = {"latents": latents}
+                    callback_kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                     latents = callback_outputs.pop("latents", latents)
                 progress_bar.update()
@@ -406,13 +406,70 @@ class REPAPipeline(DiffusionPipeline):
     def _write_hub_code(self, folder: Path) -> None:
         index_file = folder / "model_index.json"
         model_index = json.loads(index_file.read_text())
-        for component, obj in (("_class_name", self), ("transformer", self.transformer), ("scheduler", self.scheduler)):
-            source = Path(inspect.getsourcefile(type(obj)))
-            target = folder if component == "_class_name" else folder / component
-            for file in [source, *map(Path, get_relative_import_files(source))]:
-                shutil.copyfile(file, target / file.name)
-            model_index[component] = [source.stem, type(obj).__name__]
+        components = {"transformer": type(self.transformer), "scheduler": type(self.scheduler)}
+        model_index.update(write_hub_code(folder, type(self), components))
         index_file.write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
+
+
+# `from .a import x`, `from ..b.c import y`: the imports a module makes inside its own package.
+_RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+)([\w.]*)(\s+import\s)", re.MULTILINE)
+
+
+def write_hub_code(
+    folder: str | os.PathLike, pipeline_class: type, components: dict[str, type | Sequence[type]]
+) -> dict[str, list[str]]:
+    """
+    Write the source of a pipeline and its components as Hub code that plain diffusers loads with
+    `trust_remote_code=True`: the pipeline module at the root, each component's module in its folder.
+
+    diffusers' remote-code loader only follows single-dot imports between files of one folder, so each module is
+    copied with the modules it imports from its package (recursively), flat, with those imports rewritten to
+    `from .module import ...`. This is how `pipelines/` is made.
+
+    Args:
+        folder (`str` or `os.PathLike`): Where to write (e.g. a `save_pretrained` folder, or `pipelines/`).
+        pipeline_class (`type`): The pipeline class, e.g. [`REPAPipeline`].
+        components (`dict[str, type | Sequence[type]]`): Component name -> class (or classes, all copied; the
+            first one is the entry), e.g. `{"transformer": SiTTransformer2DModel, "scheduler": [SiTEulerScheduler]}`.
+
+    Returns:
+        The `model_index.json` entries, e.g. `{"_class_name": ["pipeline_repa", "REPAPipeline"],
+        "transformer": ["sit_transformer_2d", "SiTTransformer2DModel"], ...}`.
+    """
+    folder = Path(folder)
+    entries = {}
+    for name, classes in {"_class_name": pipeline_class, **components}.items():
+        classes = list(classes) if isinstance(classes, Sequence) else [classes]
+        target = folder if name == "_class_name" else folder / name
+        target.mkdir(parents=True, exist_ok=True)
+        written: dict[str, Path] = {}
+        for cls in classes:
+            _copy_module_flat(Path(inspect.getsourcefile(cls)).resolve(), target, written)
+        entries[name] = [Path(inspect.getsourcefile(classes[0])).stem, classes[0].__name__]
+    return entries
+
+
+def _copy_module_flat(source: Path, target: Path, written: dict[str, Path]) -> None:
+    if source.name in written:
+        if written[source.name] != source:
+            raise ValueError(f"Two modules named {source.name} ({written[source.name]}, {source}) cannot share {target}.")
+        return
+    written[source.name] = source
+
+    def flatten(match: re.Match) -> str:
+        prefix, dots, module, suffix = match.groups()
+        if not module:
+            raise ValueError(f"{source}: `from {dots} import ...` cannot be flattened; import from a module instead.")
+        package = source.parent
+        for _ in range(len(dots) - 1):
+            package = package.parent
+        dependency = package.joinpath(*module.split(".")).with_suffix(".py")
+        if not dependency.is_file():
+            raise ValueError(f"{source} imports {dots}{module}, which is not a module file ({dependency}).")
+        _copy_module_flat(dependency.resolve(), target, written)
+        return f"{prefix}.{dependency.stem}{suffix}"
+
+    (target / source.name).write_text(_RELATIVE_IMPORT.sub(flatten, source.read_text()))
 
 
 def _as_list(value: float | Sequence[float]) -> list[float]:

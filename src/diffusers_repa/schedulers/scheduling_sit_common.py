@@ -1,50 +1,23 @@
 # Copyright 2026 The diffusers-repa authors. Licensed under the Apache License, Version 2.0.
-"""What the three SiT schedulers share: the interpolation paths and the time-grid / step-index bookkeeping.
+"""What the three SiT schedulers share: the time-grid and step-index bookkeeping (the paths are in `flow_paths`).
 
 Conventions (REPA's, `sihyun-yu/REPA` `samplers.py`): flow time `t` in [0, 1], `t = 1` pure noise and `t = 0` data;
 `x_t = alpha(t) * x_0 + sigma(t) * noise`; the model predicts the velocity `dx_t/dt`. Unlike diffusers'
 `FlowMatch*` schedulers, `timesteps` here *are* model times in [0, 1] (no x1000), so a loop can feed them to
 [`SiTTransformer2DModel`] as they are.
 
-This file imports only the standard library, torch and diffusers so that it can ship as Hub code (see `pipelines/`).
+The scheduler modules import only torch, diffusers and `flow_paths`, so that they can ship as Hub code (`pipelines/`).
 """
 
-import math
 from collections.abc import Sequence
 
 import torch
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-PATH_TYPES = ("linear", "cosine")
+from ..flow_paths import check_path_type
+
 STATE_DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
-
-def path_coefficients(path_type: str, t: float) -> tuple[float, float, float, float]:
-    """
-    `(alpha, sigma, d_alpha/dt, d_sigma/dt)` of the interpolant `x_t = alpha * x_0 + sigma * noise` at time `t`.
-
-    Args:
-        path_type (`str`): `"linear"` (`alpha = 1 - t`, `sigma = t`) or `"cosine"` (`alpha = cos(pi t / 2)`,
-            `sigma = sin(pi t / 2)`), as in the official `SILoss` / `get_score_from_velocity`.
-        t (`float`): Flow time in [0, 1].
-
-    Example:
-
-    ```py
-    >>> from diffusers_repa.schedulers.scheduling_sit_common import path_coefficients
-    >>> path_coefficients("linear", 0.25)
-    (0.75, 0.25, -1.0, 1.0)
-    ```
-    """
-    if path_type == "linear":
-        return 1.0 - t, t, -1.0, 1.0
-    if path_type == "cosine":
-        half_pi = math.pi / 2
-        return math.cos(half_pi * t), math.sin(half_pi * t), -half_pi * math.sin(half_pi * t), half_pi * math.cos(
-            half_pi * t
-        )
-    raise ValueError(f"`path_type` must be one of {PATH_TYPES}, got {path_type!r}.")
 
 
 class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
@@ -63,8 +36,7 @@ class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
     init_noise_sigma = 1.0
 
     def _init_common(self, path_type: str, state_dtype: str) -> None:
-        if path_type not in PATH_TYPES:
-            raise ValueError(f"`path_type` must be one of {PATH_TYPES}, got {path_type!r}.")
+        check_path_type(path_type)
         if state_dtype not in STATE_DTYPES:
             raise ValueError(f"`state_dtype` must be one of {tuple(STATE_DTYPES)}, got {state_dtype!r}.")
         self.timesteps: torch.Tensor | None = None
@@ -125,7 +97,7 @@ class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
         sigmas: Sequence[float] | None = None,
     ) -> None:
         """
-        Set the time grid (float64, on `device`).
+        Set the time grid (in `state_dtype`, on `device`).
 
         Args:
             num_inference_steps (`int`, *optional*): Number of integration steps (>= 1); the official grid is used.
@@ -145,7 +117,7 @@ class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"`sigmas` must be a non-empty, strictly decreasing sequence in (0, 1], got {times}.")
             grid = torch.cat([times, times.new_zeros(1)])
         self.num_inference_steps = len(grid) - 1
-        self.sigmas = grid.to(device)
+        self.sigmas = grid.to(device=device, dtype=self.state_dtype)
         self._grid = grid.tolist()  # host copy: step arithmetic in Python floats (float64), no device syncs
         self._build_schedule(self.sigmas)
         self._step_index = None

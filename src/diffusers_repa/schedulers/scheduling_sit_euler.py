@@ -3,7 +3,8 @@
 
 import torch
 from diffusers.configuration_utils import register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerOutput
+# diffusers' loader looks up `SchedulerMixin` in the module that model_index.json names, i.e. this one.
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput  # noqa: F401
 
 from .scheduling_sit_common import SiTSchedulerMixin
 

@@ -5,10 +5,12 @@ import math
 
 import torch
 from diffusers.configuration_utils import register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerOutput
+# diffusers' loader looks up `SchedulerMixin` in the module that model_index.json names, i.e. this one.
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput  # noqa: F401
 from diffusers.utils.torch_utils import randn_tensor
 
-from .scheduling_sit_common import SiTSchedulerMixin, path_coefficients
+from ..flow_paths import path_coefficients
+from .scheduling_sit_common import SiTSchedulerMixin
 
 
 # Not built on FlowMatchEulerDiscreteScheduler: its `stochastic_sampling` re-noises x_0 to the next sigma, which is
@@ -100,7 +102,8 @@ class SiTEulerMaruyamaScheduler(SiTSchedulerMixin):
         sample = sample.to(self.state_dtype)
         velocity = model_output.to(self.state_dtype)
 
-        alpha, sigma, d_alpha, d_sigma = path_coefficients(self.config.path_type, t)
+        coefficients = path_coefficients(self.config.path_type, torch.tensor(t, dtype=torch.float64))
+        alpha, sigma, d_alpha, d_sigma = (float(c) for c in coefficients)
         alpha_ratio = alpha / d_alpha
         variance = sigma**2 - alpha_ratio * d_sigma * sigma
         score = (alpha_ratio * velocity - sample) / variance

@@ -1,0 +1,491 @@
+# Copyright 2026 The diffusers-repa authors. Licensed under the Apache License, Version 2.0.
+"""REPAPipeline: class-conditional image generation with a SiT flow model (REPA, Yu et al. 2024).
+
+This module imports only the standard library, torch, diffusers and huggingface_hub, so that the same file ships
+as Hub code for plain-diffusers users (`pipelines/`, `save_pretrained(..., hub_code=True)`).
+"""
+
+import difflib
+import inspect
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.models import AutoencoderKL
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+from huggingface_hub import snapshot_download
+
+# The ImageNet-1k class names in synset order (id -> "name, synonym, ..."), shipped with the package.
+IMAGENET_LABELS_FILE = Path(__file__).with_name("labels") / "imagenet.json"
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# `noise_sampler(step_index, sample) -> noise`, as k-diffusion's noise samplers.
+NoiseSampler = Callable[[int, torch.Tensor], torch.Tensor]
+
+def load_imagenet_id2label() -> dict[str, str]:
+    """The ImageNet-1k `id2label` shipped with the package: `{"0": "tench, Tinca tinca", ..., "999": ...}`."""
+    with open(IMAGENET_LABELS_FILE, encoding="utf-8") as file:
+        return json.load(file)
+
+
+class REPAPipeline(DiffusionPipeline):
+    r"""
+    Class-conditional generation with a SiT flow model, reproducing the official REPA samplers.
+
+    The scheduler integrates from `t = 1` (noise) to `t = 0`; each model call gets classifier-free guidance
+    (`uncond + s * (cond - uncond)` on all channels, cond and uncond batched together) only when
+    `guidance_scale > 1` and `low <= t <= high` for the scheduler's `guidance_time` (the Heun corrector reuses its
+    step's decision). The final latents are mapped back with `(latents - latent_shift) / latent_scale` and decoded by
+    the VAE, or, without a VAE, taken as pixels in [-1, 1].
+
+    Args:
+        transformer ([`SiTTransformer2DModel`]): Predicts the velocity; its `num_classes` is the null label.
+        scheduler ([`SiTEulerMaruyamaScheduler`], [`SiTEulerScheduler`] or [`SiTHeunScheduler`]):
+            The sampler; the SDE scheduler with 250 steps is the paper's FID setting.
+        vae ([`AutoencoderKL`], *optional*): Decodes latents (REPA: `stabilityai/sd-vae-ft-ema`). `None` means the
+            transformer works in pixel space (use `latent_scale=1.0`), or that only `output_type="latent"` is used.
+        id2label (`dict[str, str]`, *optional*): Class names, `"name, synonym, ..."` per id (keys may also be
+            ints). Defaults to the ImageNet-1k names shipped with the package when the transformer has 1000 classes.
+        latent_scale (`float` or a list of per-channel floats, defaults to 0.18215): The model works on
+            `z * latent_scale + latent_shift` for VAE latents `z` (REPA: 0.18215, as SD-VAE's `scaling_factor`).
+        latent_shift (`float` or a list of per-channel floats, defaults to 0.0): See `latent_scale` (REPA: 0).
+    """
+
+    model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        transformer: ModelMixin,
+        scheduler: SchedulerMixin,
+        vae: AutoencoderKL | None = None,
+        id2label: dict[str, str] | None = None,
+        latent_scale: float | list[float] = 0.18215,
+        latent_shift: float | list[float] = 0.0,
+    ):
+        super().__init__()
+        if not hasattr(type(scheduler), "guidance_time"):
+            raise ValueError(
+                f"{type(scheduler).__name__} is not a SiT scheduler: use SiTEulerMaruyamaScheduler, SiTEulerScheduler "
+                "or SiTHeunScheduler (they integrate in model time t in [0, 1] and tell the pipeline when to guide)."
+            )
+        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
+        num_classes = transformer.config.num_classes
+        if id2label is None and num_classes == 1000 and IMAGENET_LABELS_FILE.is_file():
+            id2label = load_imagenet_id2label()
+        id2label = {str(int(key)): str(value) for key, value in (id2label or {}).items()}
+        for scale_or_shift in (latent_scale, latent_shift):
+            channels = len(scale_or_shift) if isinstance(scale_or_shift, (list, tuple)) else None
+            if channels is not None and channels != transformer.config.in_channels:
+                raise ValueError(
+                    f"Per-channel `latent_scale`/`latent_shift` need {transformer.config.in_channels} values, got "
+                    f"{channels}."
+                )
+        if not all(value != 0 for value in _as_list(latent_scale)):
+            raise ValueError(f"`latent_scale` must be non-zero, got {latent_scale}.")
+        self.register_to_config(id2label=id2label, latent_scale=latent_scale, latent_shift=latent_shift)
+        self.image_processor = VaeImageProcessor(do_resize=False)
+        self._label_index = _build_label_index(id2label)
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def guidance_interval(self) -> tuple[float, float]:
+        return self._guidance_interval
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def get_label_ids(self, class_labels: int | str | Sequence[int | str] | torch.Tensor) -> list[int]:
+        """
+        Map class labels to ids in [0, num_classes] (`num_classes` is the unconditional "null" class).
+
+        Args:
+            class_labels: An id, a class name (any comma-separated synonym of `id2label`, case-insensitive), a list
+                mixing both, or a 1-D integer tensor.
+
+        Returns:
+            `list[int]`: one id per label.
+
+        Raises:
+            `ValueError`: for unknown or ambiguous names (with close matches) and ids out of range.
+        """
+        if torch.is_tensor(class_labels):
+            if class_labels.ndim > 1 or class_labels.is_floating_point():
+                raise ValueError(f"A `class_labels` tensor must be 1-D of integers, got {class_labels}.")
+            class_labels = class_labels.flatten().tolist()
+        elif not isinstance(class_labels, Sequence) or isinstance(class_labels, str):
+            class_labels = [class_labels]
+        class_labels = list(class_labels)
+        if not class_labels:
+            raise ValueError("`class_labels` is empty: pass at least one class id or name.")
+        num_classes = self.transformer.config.num_classes
+        ids = []
+        for label in class_labels:
+            if isinstance(label, str):
+                ids.append(self._name_to_id(label))
+            elif isinstance(label, int) and not isinstance(label, bool):
+                if not 0 <= label <= num_classes:
+                    raise ValueError(
+                        f"Class id {label} is outside [0, {num_classes}] ({num_classes} is the unconditional class)."
+                    )
+                ids.append(label)
+            else:
+                raise ValueError(f"Class labels must be ints or names, got {label!r} ({type(label).__name__}).")
+        return ids
+
+    def _name_to_id(self, name: str) -> int:
+        key = " ".join(name.lower().split())
+        if key not in self._label_index:
+            if not self._label_index:
+                raise ValueError(f"This pipeline has no class names (`id2label` is empty); pass ids, not {name!r}.")
+            close = difflib.get_close_matches(key, self._label_index, n=5, cutoff=0.6)
+            hint = f" Close matches: {', '.join(repr(c) for c in close)}." if close else ""
+            raise ValueError(f"Unknown class name {name!r}.{hint} Pass a name from `id2label` or an id.")
+        ids = self._label_index[key]
+        if len(ids) > 1:
+            names = "; ".join(f"{i}: {self.config.id2label[str(i)]!r}" for i in ids)
+            raise ValueError(f"Class name {name!r} is ambiguous ({names}); pass the id instead.")
+        return ids[0]
+
+    def check_inputs(
+        self,
+        num_inference_steps: int,
+        guidance_scale: float,
+        guidance_interval: tuple[float, float],
+        latents: torch.Tensor | None,
+        latents_shape: tuple[int, ...],
+        noise_sampler: NoiseSampler | None,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: list[str],
+    ) -> None:
+        """Raise a `ValueError` for any invalid argument, before any work is done."""
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
+        if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool) or guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be a number >= 0 (1 disables guidance), got {guidance_scale!r}.")
+        if (
+            not isinstance(guidance_interval, Sequence)
+            or len(guidance_interval) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in guidance_interval)
+            or not 0 <= guidance_interval[0] <= guidance_interval[1] <= 1
+        ):
+            raise ValueError(
+                f"`guidance_interval` must be (low, high) with 0 <= low <= high <= 1 (in flow time t, t = 1 noise), "
+                f"got {guidance_interval!r}."
+            )
+        if latents is not None and tuple(latents.shape) != latents_shape:
+            raise ValueError(
+                f"`latents` must have shape {latents_shape} (one per class label), got {tuple(latents.shape)}."
+            )
+        if noise_sampler is not None and not callable(noise_sampler):
+            raise ValueError("`noise_sampler` must be a callable `(step_index, sample) -> noise`.")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if output_type != "latent" and self.vae is None and self.transformer.config.in_channels != 3:
+            raise ValueError(
+                f"Without a VAE, only `output_type='latent'` works for a {self.transformer.config.in_channels}-channel "
+                "model (a pixel-space model has 3 channels)."
+            )
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` {unknown} not in {self._callback_tensor_inputs}.")
+
+    def _step_noise(
+        self,
+        step_index: int,
+        latents: torch.Tensor,
+        noise_sampler: NoiseSampler | None,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> torch.Tensor:
+        if noise_sampler is None:
+            return randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        noise = noise_sampler(step_index, latents)
+        if not torch.is_tensor(noise) or noise.shape != latents.shape:
+            shape = tuple(noise.shape) if torch.is_tensor(noise) else type(noise).__name__
+            raise ValueError(
+                f"`noise_sampler({step_index}, sample)` must return a tensor of the sample's shape "
+                f"{tuple(latents.shape)}, got {shape}."
+            )
+        return noise.to(latents)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | str | Sequence[int | str] | torch.Tensor,
+        num_inference_steps: int = 250,
+        guidance_scale: float = 1.8,
+        guidance_interval: tuple[float, float] = (0.0, 0.7),
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        noise_sampler: NoiseSampler | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+    ) -> ImagePipelineOutput | tuple:
+        r"""
+        Generate one image per class label.
+
+        The defaults are the paper's FID 1.42 setting (with [`SiTEulerMaruyamaScheduler`]): 250 steps, guidance 1.8
+        applied for `t` in [0, 0.7]. Faster: [`SiTHeunScheduler`] with 50 steps (99 model calls).
+
+        Args:
+            class_labels (`int`, `str`, a list of them, or a 1-D `torch.Tensor`): Class ids in [0, num_classes]
+                (`num_classes` = unconditional) or names from `id2label` (e.g. `"golden retriever"`), mixed freely.
+            num_inference_steps (`int`, defaults to 250): Integration steps (>= 1).
+            guidance_scale (`float`, defaults to 1.8): Classifier-free guidance scale; <= 1 disables guidance.
+            guidance_interval (`tuple[float, float]`, defaults to `(0.0, 0.7)`): Guidance is applied when
+                `low <= t <= high`, in flow time (`t = 1` noise); `(0, 1)` guides every step.
+            generator (`torch.Generator` or a list, one per image, *optional*): Makes the initial noise and the SDE
+                noise deterministic (a CPU generator gives the same images on CPU and CUDA).
+            latents (`torch.Tensor` of shape `(batch, channels, sample_size, sample_size)`, *optional*): Initial noise
+                at `t = 1`; drawn in float32 with `generator` when omitted.
+            noise_sampler (`Callable[[int, torch.Tensor], torch.Tensor]`, *optional*): For stochastic schedulers,
+                `noise_sampler(step_index, sample)` returns the standard normal noise of that step (shape of
+                `sample`), instead of drawing it with `generator`; it is called before the step's model call, like
+                the official sampler's `randn_like`. Use it to replay a run exactly.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (float in [0, 1], NHWC), `"pt"` (float in
+                [0, 1], NCHW) or `"latent"` (the final state, in the scheduler's `state_dtype`).
+            return_dict (`bool`, defaults to `True`): Return an [`ImagePipelineOutput`] instead of a tuple.
+            callback_on_step_end (`Callable`, [`PipelineCallback`] or [`MultiPipelineCallbacks`], *optional*): Called
+                after every model call as `callback_on_step_end(self, i, t, callback_kwargs)`; returned tensors (e.g.
+                `latents`) replace the pipeline's.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): Tensors passed in
+                `callback_kwargs`.
+
+        Examples:
+
+        ```py
+        >>> import torch
+        >>> from diffusers_repa import REPAPipeline, SiTHeunScheduler
+
+        >>> pipe = REPAPipeline.from_pretrained("path/to/sit-xl-2-repa")
+        >>> images = pipe(["golden retriever", 88], generator=torch.manual_seed(0)).images  # paper setting, SDE 250
+        >>> pipe.scheduler = SiTHeunScheduler.from_config(pipe.scheduler.config)
+        >>> images = pipe(["golden retriever", 88], num_inference_steps=50, generator=torch.manual_seed(0)).images
+        ```
+
+        Returns:
+            [`ImagePipelineOutput`] with `images`, or a tuple `(images,)`.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        label_ids = self.get_label_ids(class_labels)
+        config = self.transformer.config
+        latents_shape = (len(label_ids), config.in_channels, config.sample_size, config.sample_size)
+        self.check_inputs(
+            num_inference_steps,
+            guidance_scale,
+            guidance_interval,
+            latents,
+            latents_shape,
+            noise_sampler,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        self._guidance_scale = guidance_scale
+        self._guidance_interval = (float(guidance_interval[0]), float(guidance_interval[1]))
+        self._interrupt = False
+        device = self._execution_device
+        state_dtype = self.scheduler.state_dtype
+        model_dtype = self.transformer.dtype
+
+        if latents is None:
+            latents = randn_tensor(latents_shape, generator=generator, device=device, dtype=torch.float32)
+        latents = latents.to(device=device, dtype=state_dtype)
+        labels = torch.tensor(label_ids, device=device)
+        null_labels = torch.full_like(labels, config.num_classes)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self.scheduler.set_begin_index(0)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                noise = self._step_noise(i, latents, noise_sampler, generator) if self.scheduler.noise_needed else None
+                low, high = self._guidance_interval
+                guided = self._guidance_scale > 1 and low <= self.scheduler.guidance_time <= high
+                model_input = torch.cat([latents, latents]) if guided else latents
+                model_labels = torch.cat([labels, null_labels]) if guided else labels
+                # t stays float32 for low-precision models: casting it to bf16 would quantise the time.
+                model_time = t.to(torch.float32).expand(model_input.shape[0])
+                velocity = self.transformer(
+                    model_input.to(model_dtype), model_time, model_labels, return_dict=False
+                )[0].to(state_dtype)
+                if guided:
+                    cond, uncond = velocity.chunk(2)
+                    velocity = uncond + self._guidance_scale * (cond - uncond)
+                step_kwargs = {} if noise is None else {"noise": noise}
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False, **step_kwargs)[0]
+
+                if callback_on_step_end is not None:
+                    tensors = {"latents": latents}
+                    callback_kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+                progress_bar.update()
+
+        if output_type == "latent":
+            image = latents
+        else:
+            image = self._unscale_latents(latents)
+            if self.vae is not None:
+                image = self.vae.decode(image.to(device=device, dtype=self.vae.dtype), return_dict=False)[0]
+            image = self.image_processor.postprocess(image.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+    def _unscale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """`(latents - latent_shift) / latent_scale`, per channel when the config holds lists."""
+        shape = (1, -1, 1, 1)
+        scale = torch.tensor(_as_list(self.config.latent_scale), dtype=latents.dtype, device=latents.device)
+        shift = torch.tensor(_as_list(self.config.latent_shift), dtype=latents.dtype, device=latents.device)
+        return (latents - shift.view(shape)) / scale.view(shape)
+
+    @classmethod
+    def download(cls, pretrained_model_name: str, **kwargs: Any) -> str:
+        """
+        Download a pipeline repo with `huggingface_hub.snapshot_download` and return its local folder.
+
+        diffusers' own `download` refuses repos whose `model_index.json` names libraries other than diffusers and
+        transformers, which every `save_pretrained` folder of this pipeline does; `from_pretrained(repo_id)` calls
+        this instead. Honours `revision`, `cache_dir`, `token`, `local_files_only`, `force_download` and the
+        `HF_HUB_OFFLINE` / `HF_HUB_CACHE` environment variables.
+        """
+        return snapshot_download(
+            pretrained_model_name,
+            revision=kwargs.get("revision"),
+            cache_dir=kwargs.get("cache_dir"),
+            token=kwargs.get("token"),
+            local_files_only=bool(kwargs.get("local_files_only", False)),
+            force_download=bool(kwargs.get("force_download", False)),
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, hub_code: bool = False, **kwargs: Any) -> None:
+        """
+        Save the pipeline; with `hub_code=True`, also make the folder loadable by plain diffusers.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): The folder to write.
+            hub_code (`bool`, defaults to `False`): Copy the source files of the pipeline, transformer and scheduler
+                into the folder (they import only torch and diffusers) and point `model_index.json` at them, so that
+                `DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)` works without
+                `diffusers_repa` installed. Such a folder always needs `trust_remote_code=True`.
+            kwargs: Passed to [`DiffusionPipeline.save_pretrained`] (`safe_serialization`, `variant`, ...).
+        """
+        if hub_code and kwargs.get("push_to_hub"):
+            raise ValueError("Save with `hub_code=True` first, then upload the folder with `upload_folder`.")
+        super().save_pretrained(save_directory, **kwargs)
+        if hub_code:
+            self._write_hub_code(Path(save_directory))
+
+    def _write_hub_code(self, folder: Path) -> None:
+        index_file = folder / "model_index.json"
+        model_index = json.loads(index_file.read_text())
+        components = {"transformer": type(self.transformer), "scheduler": type(self.scheduler)}
+        model_index.update(write_hub_code(folder, type(self), components))
+        index_file.write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
+
+
+# `from .a import x`, `from ..b.c import y`: the imports a module makes inside its own package.
+_RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+)([\w.]*)(\s+import\s)", re.MULTILINE)
+
+
+def write_hub_code(
+    folder: str | os.PathLike, pipeline_class: type, components: dict[str, type | Sequence[type]]
+) -> dict[str, list[str]]:
+    """
+    Write the source of a pipeline and its components as Hub code that plain diffusers loads with
+    `trust_remote_code=True`: the pipeline module at the root, each component's module in its folder.
+
+    diffusers' remote-code loader only follows single-dot imports between files of one folder, so each module is
+    copied with the modules it imports from its package (recursively), flat, with those imports rewritten to
+    `from .module import ...`. This is how `pipelines/` is made.
+
+    Args:
+        folder (`str` or `os.PathLike`): Where to write (e.g. a `save_pretrained` folder, or `pipelines/`).
+        pipeline_class (`type`): The pipeline class, e.g. [`REPAPipeline`].
+        components (`dict[str, type | Sequence[type]]`): Component name -> class (or classes, all copied; the
+            first one is the entry), e.g. `{"transformer": SiTTransformer2DModel, "scheduler": [SiTEulerScheduler]}`.
+
+    Returns:
+        The `model_index.json` entries, e.g. `{"_class_name": ["pipeline_repa", "REPAPipeline"],
+        "transformer": ["sit_transformer_2d", "SiTTransformer2DModel"], ...}`.
+    """
+    folder = Path(folder)
+    entries = {}
+    for name, classes in {"_class_name": pipeline_class, **components}.items():
+        classes = list(classes) if isinstance(classes, Sequence) else [classes]
+        target = folder if name == "_class_name" else folder / name
+        target.mkdir(parents=True, exist_ok=True)
+        written: dict[str, Path] = {}
+        for cls in classes:
+            _copy_module_flat(Path(inspect.getsourcefile(cls)).resolve(), target, written)
+        entries[name] = [Path(inspect.getsourcefile(classes[0])).stem, classes[0].__name__]
+    return entries
+
+
+def _copy_module_flat(source: Path, target: Path, written: dict[str, Path]) -> None:
+    if source.name in written:
+        if written[source.name] != source:
+            raise ValueError(f"Two modules named {source.name} ({written[source.name]}, {source}) cannot share {target}.")
+        return
+    written[source.name] = source
+
+    def flatten(match: re.Match) -> str:
+        prefix, dots, module, suffix = match.groups()
+        if not module:
+            raise ValueError(f"{source}: `from {dots} import ...` cannot be flattened; import from a module instead.")
+        package = source.parent
+        for _ in range(len(dots) - 1):
+            package = package.parent
+        dependency = package.joinpath(*module.split(".")).with_suffix(".py")
+        if not dependency.is_file():
+            raise ValueError(f"{source} imports {dots}{module}, which is not a module file ({dependency}).")
+        _copy_module_flat(dependency.resolve(), target, written)
+        return f"{prefix}.{dependency.stem}{suffix}"
+
+    (target / source.name).write_text(_RELATIVE_IMPORT.sub(flatten, source.read_text()))
+
+
+def _as_list(value: float | Sequence[float]) -> list[float]:
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
+
+
+def _build_label_index(id2label: dict[str, str]) -> dict[str, list[int]]:
+    """Lower-cased synonym -> ids. A name that is the first synonym of one class wins over other classes' aliases."""
+    candidates: dict[str, list[tuple[bool, int]]] = {}
+    for key, value in id2label.items():
+        for position, name in enumerate(value.split(",")):
+            name = " ".join(name.lower().split())
+            if name:
+                candidates.setdefault(name, []).append((position == 0, int(key)))
+    index = {}
+    for name, entries in candidates.items():
+        primary = [i for is_first, i in entries if is_first]
+        index[name] = sorted(set(primary if len(primary) == 1 else (i for _, i in entries)))
+    return index

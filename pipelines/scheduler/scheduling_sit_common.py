@@ -1,0 +1,141 @@
+# Copyright 2026 The diffusers-repa authors. Licensed under the Apache License, Version 2.0.
+"""What the three SiT schedulers share: the time-grid and step-index bookkeeping (the paths are in `flow_paths`).
+
+Conventions (REPA's, `sihyun-yu/REPA` `samplers.py`): flow time `t` in [0, 1], `t = 1` pure noise and `t = 0` data;
+`x_t = alpha(t) * x_0 + sigma(t) * noise`; the model predicts the velocity `dx_t/dt`. Unlike diffusers'
+`FlowMatch*` schedulers, `timesteps` here *are* model times in [0, 1] (no x1000), so a loop can feed them to
+[`SiTTransformer2DModel`] as they are.
+
+The scheduler modules import only torch, diffusers and `flow_paths`, so that they can ship as Hub code (`pipelines/`).
+"""
+
+from collections.abc import Sequence
+
+import torch
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from .flow_paths import check_path_type
+
+STATE_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
+    """
+    Base of the SiT schedulers: validated config, the time grid, `step_index`/`begin_index`, and the two questions a
+    pipeline asks before each model call (`guidance_time`: which `t` decides classifier-free guidance;
+    `noise_needed`: does the next `step` add noise).
+
+    `set_timesteps` sets `sigmas` (the grid, ending at 0, float64); a subclass sets `timesteps` (one model time per
+    model call) in `_build_schedule` and implements `step`.
+    """
+
+    _compatibles = []
+    order = 1
+    # Flow matching starts from unit-variance noise and feeds the model x_t unscaled.
+    init_noise_sigma = 1.0
+
+    def _init_common(self, path_type: str, state_dtype: str) -> None:
+        check_path_type(path_type)
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(f"`state_dtype` must be one of {tuple(STATE_DTYPES)}, got {state_dtype!r}.")
+        self.timesteps: torch.Tensor | None = None
+        self.sigmas: torch.Tensor | None = None
+        self.num_inference_steps: int | None = None
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+
+    @property
+    def state_dtype(self) -> torch.dtype:
+        """The dtype `step` integrates in and returns (float64 by default, like the official samplers)."""
+        return STATE_DTYPES[self.config.state_dtype]
+
+    @property
+    def step_index(self) -> int | None:
+        """Index into `timesteps` of the next model call; `None` before the first `step`."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """First index into `timesteps`, set by the pipeline with `set_begin_index`."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at `timesteps[begin_index]` (call before the first `step`)."""
+        self._begin_index = begin_index
+
+    @property
+    def _next_index(self) -> int:
+        if self._step_index is not None:
+            return self._step_index
+        return self._begin_index or 0
+
+    @property
+    def guidance_time(self) -> float:
+        """The `t` whose interval test decides classifier-free guidance for the next model call."""
+        return self._grid[self._next_index]
+
+    @property
+    def noise_needed(self) -> bool:
+        """Whether the next `step` adds noise (only stochastic schedulers do)."""
+        return False
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Flow-matching models take `x_t` unscaled: returns `sample` (kept for DDPM-style pipeline loops)."""
+        return sample
+
+    def _default_grid(self, num_inference_steps: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _build_schedule(self, grid: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: Sequence[float] | None = None,
+    ) -> None:
+        """
+        Set the time grid (in `state_dtype`, on `device`).
+
+        Args:
+            num_inference_steps (`int`, *optional*): Number of integration steps (>= 1); the official grid is used.
+            device (`str` or `torch.device`, *optional*): Where `timesteps` and `sigmas` live.
+            sigmas (`Sequence[float]`, *optional*): A custom decreasing grid in (0, 1] of `num_inference_steps`
+                times, without the final 0 (appended here), as diffusers' `retrieve_timesteps` passes it.
+        """
+        if sigmas is None:
+            if num_inference_steps is None or int(num_inference_steps) < 1:
+                raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
+            grid = self._default_grid(int(num_inference_steps))
+        else:
+            times = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+            if num_inference_steps is not None and len(times) != num_inference_steps:
+                raise ValueError(f"Got {len(times)} `sigmas` for {num_inference_steps} steps.")
+            if len(times) < 1 or times.max() > 1 or times.min() <= 0 or (times.diff() >= 0).any():
+                raise ValueError(f"`sigmas` must be a non-empty, strictly decreasing sequence in (0, 1], got {times}.")
+            grid = torch.cat([times, times.new_zeros(1)])
+        self.num_inference_steps = len(grid) - 1
+        self.sigmas = grid.to(device=device, dtype=self.state_dtype)
+        self._grid = grid.tolist()  # host copy: step arithmetic in Python floats (float64), no device syncs
+        self._build_schedule(self.sigmas)
+        self._step_index = None
+        self._begin_index = None
+
+    def index_for_timestep(self, timestep: float | torch.Tensor) -> int:
+        """Index of `timestep` in `timesteps`; for a time listed twice (Heun), the second entry, as diffusers does."""
+        indices = (self.timesteps == torch.as_tensor(timestep).to(self.timesteps)).nonzero()
+        if len(indices) == 0:
+            raise ValueError(f"Timestep {float(timestep)} is not in the schedule {self.timesteps.tolist()}.")
+        return int(indices[1 if len(indices) > 1 else 0])
+
+    def _begin_step(self, timestep: float | torch.Tensor) -> int:
+        """The index of this call (initialised from `timestep` or `begin_index` on the first call)."""
+        if self.timesteps is None:
+            raise ValueError("Call `set_timesteps` before `step`.")
+        if self._step_index is None:
+            self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
+        if self._step_index >= len(self.timesteps):
+            raise ValueError(f"All {len(self.timesteps)} steps were taken; call `set_timesteps` again.")
+        return self._step_index

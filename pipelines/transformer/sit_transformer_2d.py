@@ -1,0 +1,323 @@
+# Copyright 2026 The diffusers-repa authors. Licensed under the Apache License, Version 2.0.
+"""SiT: the class-conditional flow-matching transformer that REPA trains (Ma et al. 2024, Yu et al. 2024).
+
+Built from diffusers' own blocks (`PatchEmbed`, `Timesteps`, `TimestepEmbedding`, `LabelEmbedding`,
+`AdaLayerNormZero`, `Attention`, `FeedForward`), configured so that the fp32 output equals the official
+`sihyun-yu/REPA` `models/sit.py` number for number (see `tests/test_sit_transformer_2d.py`).
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin, FeedForward
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.embeddings import LabelEmbedding, PatchEmbed, TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import AdaLayerNormZero
+from diffusers.utils import BaseOutput
+from torch import nn
+
+# name -> (num_layers, hidden size, num_attention_heads, patch_size); the official `SiT_models` table.
+SIT_PRESETS: dict[str, tuple[int, int, int, int]] = {
+    f"SiT-{size}/{patch}": (layers, width, heads, patch)
+    for size, (layers, width, heads) in {
+        "S": (12, 384, 6),
+        "B": (12, 768, 12),
+        "L": (24, 1024, 16),
+        "XL": (28, 1152, 16),
+    }.items()
+    for patch in (2, 4, 8)
+}
+
+
+@dataclass
+class SiTTransformer2DModelOutput(BaseOutput):
+    """
+    Output of [`SiTTransformer2DModel`].
+
+    Args:
+        sample (`torch.Tensor` of shape `(batch_size, out_channels, height, width)`):
+            The predicted velocity `d x_t / d t` of the flow (for the linear path, `noise - x_0`).
+        alignment_states (`torch.Tensor` of shape `(batch_size, num_tokens, hidden_size)`, *optional*):
+            The hidden states after block `alignment_depth`, which REPA's projector aligns with the encoder features.
+            Only returned when `output_alignment_states=True`.
+    """
+
+    sample: torch.Tensor
+    alignment_states: torch.Tensor | None = None
+
+
+class SiTBlock(nn.Module):
+    """One adaLN-Zero transformer block: modulated self-attention then a modulated MLP, both gated."""
+
+    def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, mlp_ratio: float, qk_norm: bool):
+        super().__init__()
+        self.norm1 = AdaLayerNormZero(dim, num_embeddings=None)
+        self.attn = Attention(
+            query_dim=dim,
+            heads=num_attention_heads,
+            dim_head=attention_head_dim,
+            bias=True,
+            qk_norm="layer_norm" if qk_norm else None,
+            processor=AttnProcessor2_0(),
+        )
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ff = FeedForward(dim, mult=mlp_ratio, activation_fn="gelu-approximate")
+
+    def forward(self, hidden_states: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+        norm_hidden_states, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(hidden_states, emb=conditioning)
+        hidden_states = hidden_states + gate_msa.unsqueeze(1) * self.attn(norm_hidden_states)
+        norm_hidden_states = self.norm2(hidden_states) * (1 + scale_mlp.unsqueeze(1)) + shift_mlp.unsqueeze(1)
+        return hidden_states + gate_mlp.unsqueeze(1) * self.ff(norm_hidden_states)
+
+
+class SiTTransformer2DModel(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin):
+    r"""
+    The SiT transformer: predicts the velocity of a class-conditional flow, with the hidden states of an early block
+    exposed for REPA's representation alignment.
+
+    Time follows REPA: `t` in [0, 1], `t = 0` is data and `t = 1` is pure noise; it is embedded as is (not scaled
+    by 1000). The unconditional ("null") class is `num_classes`; labels are replaced by it with probability
+    `class_dropout_prob` in train mode only.
+
+    Args:
+        sample_size (`int`, defaults to 32): Height and width of the (latent) input; 32 for 256 px images.
+        patch_size (`int`, defaults to 2): Side of the square patches.
+        in_channels (`int`, defaults to 4): Channels of the input (4 for SD-VAE latents, 3 for pixels).
+        out_channels (`int`, *optional*): Channels of the predicted velocity; defaults to `in_channels`.
+        num_layers (`int`, defaults to 28): Number of transformer blocks.
+        num_attention_heads (`int`, defaults to 16): Attention heads per block.
+        attention_head_dim (`int`, defaults to 72): Width of one head; the hidden size is heads x head dim.
+        mlp_ratio (`float`, defaults to 4.0): MLP width relative to the hidden size.
+        num_classes (`int`, defaults to 1000): Number of real classes; `num_classes` itself is the null class.
+        class_dropout_prob (`float`, defaults to 0.1): Label dropout in train mode (0 removes the null class).
+        qk_norm (`bool`, defaults to `False`): LayerNorm on queries and keys (off in the official models).
+        alignment_depth (`int`, defaults to 8): 1-based block after which hidden states are returned as
+            `alignment_states` (the official `encoder_depth`).
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from diffusers_repa import SiTTransformer2DModel
+
+    >>> model = SiTTransformer2DModel.from_preset("SiT-S/8", sample_size=16, alignment_depth=4).eval()
+    >>> latents = torch.randn(2, 4, 16, 16)
+    >>> out = model(latents, timestep=torch.tensor([1.0, 0.5]), class_labels=torch.tensor([207, 1000]),
+    ...             output_alignment_states=True)
+    >>> out.sample.shape, out.alignment_states.shape
+    (torch.Size([2, 4, 16, 16]), torch.Size([2, 4, 384]))
+    ```
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["SiTBlock"]
+    _skip_layerwise_casting_patterns = ["pos_embed", "norm"]
+    _repeated_blocks = ["SiTBlock"]
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        out_channels: int | None = None,
+        num_layers: int = 28,
+        num_attention_heads: int = 16,
+        attention_head_dim: int = 72,
+        mlp_ratio: float = 4.0,
+        num_classes: int = 1000,
+        class_dropout_prob: float = 0.1,
+        qk_norm: bool = False,
+        alignment_depth: int = 8,
+    ):
+        super().__init__()
+        if sample_size % patch_size != 0:
+            raise ValueError(f"`sample_size` ({sample_size}) must be a multiple of `patch_size` ({patch_size}).")
+        if not 1 <= alignment_depth <= num_layers:
+            raise ValueError(
+                f"`alignment_depth` must be a block index in [1, num_layers={num_layers}], got {alignment_depth}."
+            )
+        self.out_channels = out_channels if out_channels is not None else in_channels
+        hidden_size = num_attention_heads * attention_head_dim
+
+        # `base_size` equals the grid, so positions are the integers 0..g-1 as in the official MAE sin-cos table.
+        self.pos_embed = PatchEmbed(
+            height=sample_size,
+            width=sample_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            embed_dim=hidden_size,
+            interpolation_scale=1,
+        )
+        # downscale_freq_shift=0 (not diffusers' DiT value 1) and flip_sin_to_cos give SiT's [cos, sin] features.
+        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.timestep_embedder = TimestepEmbedding(256, hidden_size)
+        self.class_embedder = LabelEmbedding(num_classes, hidden_size, class_dropout_prob)
+        self.transformer_blocks = nn.ModuleList(
+            [
+                SiTBlock(hidden_size, num_attention_heads, attention_head_dim, mlp_ratio, qk_norm)
+                for _ in range(num_layers)
+            ]
+        )
+        self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.proj_out_1 = nn.Linear(hidden_size, 2 * hidden_size)  # -> shift, scale
+        self.proj_out_2 = nn.Linear(hidden_size, patch_size * patch_size * self.out_channels)
+        self.gradient_checkpointing = False
+        self._initialize_weights()
+
+    @classmethod
+    def from_preset(cls, name: str, **config_overrides: Any) -> "SiTTransformer2DModel":
+        """
+        Build a randomly initialised model from an official name such as `"SiT-XL/2"`.
+
+        Args:
+            name (`str`): One of `SiT-{S,B,L,XL}/{2,4,8}`.
+            config_overrides: Any other config value, e.g. `alignment_depth=8`, `sample_size=64`, `num_classes=10`.
+
+        Example:
+
+        ```py
+        >>> from diffusers_repa import SiTTransformer2DModel
+        >>> with torch.device("meta"):
+        ...     model = SiTTransformer2DModel.from_preset("SiT-XL/2", alignment_depth=8)
+        >>> sum(p.numel() for p in model.parameters())
+        674816272
+        ```
+        """
+        return cls(**cls.preset_config(name, **config_overrides))
+
+    @staticmethod
+    def preset_config(name: str, **config_overrides: Any) -> dict[str, Any]:
+        """The config dict of an official preset name, with `config_overrides` applied."""
+        if name not in SIT_PRESETS:
+            raise ValueError(f"Unknown SiT preset {name!r}. Choose one of: {', '.join(SIT_PRESETS)}.")
+        num_layers, hidden_size, heads, patch_size = SIT_PRESETS[name]
+        config = {
+            "num_layers": num_layers,
+            "num_attention_heads": heads,
+            "attention_head_dim": hidden_size // heads,
+            "patch_size": patch_size,
+        }
+        config.update(config_overrides)
+        return config
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the token features (heads x head dim)."""
+        return self.config.num_attention_heads * self.config.attention_head_dim
+
+    def _initialize_weights(self) -> None:
+        # The official `initialize_weights`: xavier linears, zero-initialised adaLN and output (so a fresh model
+        # predicts exactly 0). A no-op under `from_pretrained`, which skips initialisation.
+        def _basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(_basic_init)
+        proj = self.pos_embed.proj
+        nn.init.xavier_uniform_(proj.weight.data.view(proj.weight.shape[0], -1))
+        nn.init.zeros_(proj.bias)
+        nn.init.normal_(self.class_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.timestep_embedder.linear_1.weight, std=0.02)
+        nn.init.normal_(self.timestep_embedder.linear_2.weight, std=0.02)
+        for block in self.transformer_blocks:
+            nn.init.zeros_(block.norm1.linear.weight)
+            nn.init.zeros_(block.norm1.linear.bias)
+        for layer in (self.proj_out_1, self.proj_out_2):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def _check_inputs(self, hidden_states: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor) -> None:
+        size, channels = self.config.sample_size, self.config.in_channels
+        if hidden_states.ndim != 4 or hidden_states.shape[1:] != (channels, size, size):
+            raise ValueError(
+                f"`hidden_states` must have shape (batch, {channels}, {size}, {size}) for this model "
+                f"(sample_size={size}, in_channels={channels}), got {tuple(hidden_states.shape)}."
+            )
+        batch = hidden_states.shape[0]
+        if timestep.ndim != 1 or timestep.shape[0] != batch:
+            raise ValueError(
+                f"`timestep` must be a scalar or have shape ({batch},), got {tuple(timestep.shape)}: pass flow time "
+                "t in [0, 1] with t=1 pure noise."
+            )
+        if class_labels.ndim != 1 or class_labels.shape[0] != batch:
+            raise ValueError(f"`class_labels` must have shape ({batch},), got {tuple(class_labels.shape)}.")
+        if class_labels.is_floating_point():
+            raise ValueError("`class_labels` must be an integer tensor of class ids.")
+        # A value check needs the labels on the host; only done where that is free (CPU, eager).
+        if class_labels.device.type == "cpu" and not torch.compiler.is_compiling():
+            max_label = self.class_embedder.embedding_table.num_embeddings - 1
+            if class_labels.numel() and (class_labels.min() < 0 or class_labels.max() > max_label):
+                raise ValueError(
+                    f"`class_labels` must be in [0, {max_label}] ({self.config.num_classes} is the null class), got "
+                    f"values in [{int(class_labels.min())}, {int(class_labels.max())}]."
+                )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor | float,
+        class_labels: torch.LongTensor,
+        return_dict: bool = True,
+        output_alignment_states: bool = False,
+    ) -> SiTTransformer2DModelOutput | tuple[torch.Tensor, ...]:
+        """
+        Predict the velocity of the flow at `(hidden_states, timestep)` for `class_labels`.
+
+        Args:
+            hidden_states (`torch.Tensor` of shape `(batch_size, in_channels, sample_size, sample_size)`):
+                The noisy input x_t (scaled latents, or pixels in [-1, 1] for a pixel-space model).
+            timestep (`torch.Tensor` of shape `(batch_size,)` or a float):
+                Flow time t in [0, 1], t = 1 pure noise; passed to the embedding as is.
+            class_labels (`torch.LongTensor` of shape `(batch_size,)`):
+                Class ids in [0, num_classes]; `num_classes` is the unconditional class.
+            return_dict (`bool`, defaults to `True`): Return a [`SiTTransformer2DModelOutput`] instead of a tuple.
+            output_alignment_states (`bool`, defaults to `False`):
+                Also return the hidden states after block `alignment_depth` (shape `(batch, tokens, hidden)`).
+
+        Returns:
+            [`SiTTransformer2DModelOutput`], or the tuple `(sample,)` / `(sample, alignment_states)`.
+        """
+        if not torch.is_tensor(timestep) or timestep.ndim == 0:
+            timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(1)
+            timestep = timestep.expand(hidden_states.shape[0])
+        self._check_inputs(hidden_states, timestep, class_labels)
+
+        height, width = hidden_states.shape[-2:]
+        patch_size = self.config.patch_size
+        hidden_states = self.pos_embed(hidden_states)
+
+        timestep_features = self.time_proj(timestep).to(dtype=hidden_states.dtype)
+        conditioning = self.timestep_embedder(timestep_features) + self.class_embedder(class_labels)
+
+        alignment_states = None
+        for index, block in enumerate(self.transformer_blocks):
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                hidden_states = self._gradient_checkpointing_func(block, hidden_states, conditioning)
+            else:
+                hidden_states = block(hidden_states, conditioning)
+            if index + 1 == self.config.alignment_depth:
+                alignment_states = hidden_states
+
+        shift, scale = self.proj_out_1(F.silu(conditioning)).chunk(2, dim=1)
+        hidden_states = self.norm_out(hidden_states) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+        hidden_states = self.proj_out_2(hidden_states)
+
+        # Unpatchify: (B, T, p*p*C) with features ordered (p_row, p_col, C) -> (B, C, H, W).
+        grid_h, grid_w = height // patch_size, width // patch_size
+        hidden_states = hidden_states.reshape(-1, grid_h, grid_w, patch_size, patch_size, self.out_channels)
+        hidden_states = torch.einsum("nhwpqc->nchpwq", hidden_states)
+        sample = hidden_states.reshape(-1, self.out_channels, grid_h * patch_size, grid_w * patch_size)
+
+        if not output_alignment_states:
+            alignment_states = None
+        if not return_dict:
+            return (sample,) if alignment_states is None else (sample, alignment_states)
+        return SiTTransformer2DModelOutput(sample=sample, alignment_states=alignment_states)

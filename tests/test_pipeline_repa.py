@@ -1,0 +1,250 @@
+"""REPAPipeline: parity with the official samplers, labels, input errors, outputs, save/load, conversion."""
+
+import copy
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusers_repa.convert import main as convert_main
+from diffusers_repa.pipeline_repa import REPAPipeline, load_imagenet_id2label
+from diffusers_repa.schedulers import SiTEulerMaruyamaScheduler, SiTEulerScheduler, SiTHeunScheduler
+from tests.conftest import OFFICIAL_FIXTURES
+
+# run key -> (scheduler, guidance_scale, guidance_interval), as recorded in fixtures.json
+OFFICIAL_RUNS = {
+    "ode_euler_cfg": (SiTEulerScheduler(), 1.8, (0.0, 0.7)),
+    "ode_heun_cfg": (SiTHeunScheduler(), 1.8, (0.0, 0.7)),
+    "ode_euler_nocfg": (SiTEulerScheduler(), 1.0, (0.0, 1.0)),
+    "ode_heun_nocfg": (SiTHeunScheduler(), 1.0, (0.0, 1.0)),
+    "ode_euler_cfg_full": (SiTEulerScheduler(), 4.0, (0.0, 1.0)),
+    "sde_cfg": (SiTEulerMaruyamaScheduler(), 1.8, (0.0, 0.7)),
+    "sde_nocfg": (SiTEulerMaruyamaScheduler(), 1.0, (0.0, 1.0)),
+    "sde_cfg_cosine": (SiTEulerMaruyamaScheduler(path_type="cosine"), 1.8, (0.0, 0.7)),
+}
+
+
+class CallRecorder:
+    """Counts transformer calls and records (batch size, t) per call."""
+
+    def __init__(self, module):
+        self.calls = []
+        self.handle = module.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        self.calls.append((args[0].shape[0], float(args[1][0])))
+
+    def remove(self):
+        self.handle.remove()
+
+
+def latent_pipeline(transformer, scheduler):
+    pipeline = REPAPipeline(transformer, scheduler, latent_scale=1.0)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.mark.parametrize("run", list(OFFICIAL_RUNS))
+def test_official_sampler_parity(run, repa_tiny_sit, repa_sampler_fixtures):
+    scheduler, guidance_scale, interval = OFFICIAL_RUNS[run]
+    pipeline = latent_pipeline(repa_tiny_sit, scheduler)
+    fixtures = repa_sampler_fixtures
+    noise_sampler = (lambda i, sample: fixtures[f"{run}.noises"][i]) if run.startswith("sde") else None
+    recorder = CallRecorder(repa_tiny_sit)
+    try:
+        sample = pipeline(
+            fixtures["labels"].tolist(),
+            num_inference_steps=8,
+            guidance_scale=guidance_scale,
+            guidance_interval=interval,
+            latents=fixtures["latents"],
+            noise_sampler=noise_sampler,
+            output_type="latent",
+        ).images
+    finally:
+        recorder.remove()
+    assert sample.dtype == torch.float64
+    torch.testing.assert_close(sample, fixtures[f"{run}.sample"], atol=1e-5, rtol=1e-5)
+    recorded = json.loads((OFFICIAL_FIXTURES / "fixtures.json").read_text())["samplers"]["runs"][run]
+    assert [batch for batch, _ in recorder.calls] == recorded["call_batch_sizes"]
+    assert [t for _, t in recorder.calls] == pytest.approx(recorded["call_t_float32"], abs=1e-7)
+
+
+def test_labels(repa_tiny_pipeline):
+    pipe = repa_tiny_pipeline
+    assert pipe.get_label_ids(["tench", 207, "Golden Retriever", "toilet paper", 1000]) == [0, 207, 207, 999, 1000]
+    assert pipe.get_label_ids("goldfish") == [1]
+    assert pipe.get_label_ids(torch.tensor([3, 5])) == [3, 5]
+    assert pipe.get_label_ids("giant panda") == [388]
+    with pytest.raises(ValueError, match="'golden retriever'"):
+        pipe.get_label_ids("golden retreiver")
+    with pytest.raises(ValueError, match="ambiguous.*134.*517"):
+        pipe.get_label_ids("crane")
+    for bad in (1001, -1, 2.5, True, []):
+        with pytest.raises(ValueError):
+            pipe.get_label_ids(bad)
+    assert pipe.config.id2label == load_imagenet_id2label()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"class_labels": "not a class"}, "Unknown class name"),
+        ({"class_labels": 1001}, "outside"),
+        ({"class_labels": -1}, "outside"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"num_inference_steps": 2.5}, "num_inference_steps"),
+        ({"guidance_interval": (0.8, 0.2)}, "guidance_interval"),
+        ({"guidance_interval": (-0.1, 0.5)}, "guidance_interval"),
+        ({"guidance_interval": (0.0, 1.5)}, "guidance_interval"),
+        ({"guidance_interval": (0.5,)}, "guidance_interval"),
+        ({"latents": torch.randn(2, 4, 8, 8)}, "latents"),
+        ({"latents": torch.randn(1, 4, 4, 4)}, "latents"),
+        ({"output_type": "jpg"}, "output_type"),
+        ({"noise_sampler": lambda i, x: torch.randn(1, 4, 4, 4)}, "noise_sampler"),
+        ({"noise_sampler": "randn"}, "noise_sampler"),
+        ({"callback_on_step_end_tensor_inputs": ["velocity"]}, "callback_on_step_end_tensor_inputs"),
+    ],
+)
+def test_bad_input_raises_before_any_model_call(kwargs, message, repa_tiny_pipeline):
+    call = {"class_labels": [3], "num_inference_steps": 2, "output_type": "np", **kwargs}
+    recorder = CallRecorder(repa_tiny_pipeline.transformer)
+    try:
+        with pytest.raises(ValueError, match=message):
+            repa_tiny_pipeline(**call)
+    finally:
+        recorder.remove()
+    assert recorder.calls == []
+
+
+def test_pixel_output_needs_a_vae_or_three_channels(repa_tiny_sit):
+    pipeline = latent_pipeline(repa_tiny_sit, SiTEulerScheduler())
+    with pytest.raises(ValueError, match="output_type='latent'"):
+        pipeline([1], num_inference_steps=1)
+
+
+def test_output_types_and_determinism(repa_tiny_pipeline):
+    pipe = repa_tiny_pipeline
+    call = {"class_labels": ["tench", 3], "num_inference_steps": 3}
+    images = pipe(**call, generator=torch.manual_seed(0)).images
+    assert all(isinstance(image, PIL.Image.Image) and image.size == (16, 16) for image in images)
+    array = pipe(**call, generator=torch.manual_seed(0), output_type="np").images
+    assert array.shape == (2, 16, 16, 3) and 0 <= array.min() and array.max() <= 1
+    np.testing.assert_array_equal(np.asarray(images[0]), (array[0] * 255).round().astype(np.uint8))
+    tensor = pipe(**call, generator=torch.manual_seed(0), output_type="pt").images
+    assert tensor.shape == (2, 3, 16, 16)
+    np.testing.assert_allclose(tensor.permute(0, 2, 3, 1).numpy(), array, atol=1e-6)
+    other = pipe(**call, generator=torch.manual_seed(1), output_type="np").images
+    assert np.abs(other - array).max() > 1e-3
+    (latents,) = pipe(**call, generator=torch.manual_seed(0), output_type="latent", return_dict=False)
+    assert latents.shape == (2, 4, 8, 8)
+
+
+def test_batch_equals_single_with_per_image_generators(repa_tiny_pipeline):
+    pipe = repa_tiny_pipeline
+    call = {"num_inference_steps": 4, "output_type": "latent"}
+    batch = pipe([3, 512], generator=[torch.Generator().manual_seed(s) for s in (5, 6)], **call).images
+    singles = [pipe([label], generator=torch.Generator().manual_seed(s), **call).images for label, s in ((3, 5), (512, 6))]
+    torch.testing.assert_close(batch, torch.cat(singles), atol=1e-6, rtol=0)
+
+
+def test_unconditional_label_and_no_guidance_use_one_pass(repa_tiny_pipeline):
+    recorder = CallRecorder(repa_tiny_pipeline.transformer)
+    try:
+        repa_tiny_pipeline([1000, 2], num_inference_steps=3, guidance_scale=1.0, output_type="latent")
+    finally:
+        recorder.remove()
+    assert [batch for batch, _ in recorder.calls] == [2, 2, 2]
+
+
+def test_callbacks(repa_tiny_pipeline):
+    pipe = repa_tiny_pipeline
+
+    def zero_last(pipeline, i, t, kwargs):
+        if i == pipeline.num_timesteps - 1:
+            kwargs["latents"] = torch.zeros_like(kwargs["latents"])
+        return kwargs
+
+    out = pipe([1], num_inference_steps=3, output_type="latent", callback_on_step_end=zero_last).images
+    assert out.abs().sum() == 0
+
+    def raise_guidance(pipeline, i, t, kwargs):
+        pipeline._guidance_scale += 1.0
+        return kwargs
+
+    pipe([1], num_inference_steps=3, guidance_scale=2.0, output_type="latent", callback_on_step_end=raise_guidance)
+    assert pipe.guidance_scale == 2.0 + pipe.num_timesteps
+
+
+def test_low_precision_transformer(repa_tiny_pipeline, repa_tiny_sit):
+    reference = repa_tiny_pipeline([3], num_inference_steps=4, generator=torch.manual_seed(0), output_type="latent")
+    pipe = REPAPipeline(copy.deepcopy(repa_tiny_sit).to(torch.bfloat16), SiTEulerMaruyamaScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe([3], num_inference_steps=4, generator=torch.manual_seed(0), output_type="latent").images
+    assert out.dtype == torch.float64  # the state stays float64 whatever the model dtype
+    assert (out - reference.images).abs().max() < 0.25
+
+
+def test_progress_bar_counts_model_calls(repa_tiny_sit, capsys):
+    pipe = REPAPipeline(repa_tiny_sit, SiTHeunScheduler(), latent_scale=1.0)
+    pipe([3], num_inference_steps=3, output_type="latent")
+    assert "5/5" in capsys.readouterr().err
+
+
+def test_save_load_round_trip(repa_tiny_pipeline, repa_tiny_pipeline_dir, tmp_path):
+    loaded = REPAPipeline.from_pretrained(repa_tiny_pipeline_dir)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.id2label == repa_tiny_pipeline.config.id2label
+    call = {"class_labels": ["tench", 1], "num_inference_steps": 3, "output_type": "np"}
+    np.testing.assert_array_equal(
+        loaded(**call, generator=torch.manual_seed(0)).images,
+        repa_tiny_pipeline(**call, generator=torch.manual_seed(0)).images,
+    )
+    # per-channel latent statistics (REPA-E style VAEs) and a swapped scheduler persist too
+    custom = REPAPipeline(
+        **{**loaded.components, "scheduler": SiTHeunScheduler.from_config(loaded.scheduler.config)},
+        id2label={0: "zero", 1: "one"},
+        latent_scale=[0.5, 1.0, 2.0, 4.0],
+        latent_shift=[0.1, 0.0, 0.0, -0.1],
+    )
+    custom.save_pretrained(tmp_path)
+    again = REPAPipeline.from_pretrained(tmp_path)
+    assert isinstance(again.scheduler, SiTHeunScheduler)
+    assert again.config.latent_scale == [0.5, 1.0, 2.0, 4.0] and again.config.latent_shift == [0.1, 0.0, 0.0, -0.1]
+    assert again.get_label_ids(["one", 0]) == [1, 0]
+
+
+def test_readme_lines_with_a_converted_official_checkpoint(repa_tiny_vae, tmp_path):
+    checkpoint = tmp_path / "last.pt"
+    torch.save(load_file(OFFICIAL_FIXTURES / "tiny_sit_state_dict.safetensors"), checkpoint)
+    repa_tiny_vae.save_pretrained(tmp_path / "vae")
+    argv = ["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "pipe"), "--vae", str(tmp_path / "vae")]
+    assert convert_main([*argv, "--num_attention_heads", "6", "--alignment_depth", "3"]) == 0
+    assert (tmp_path / "pipe" / "projector").is_dir()
+
+    # The three README lines, as written (250 SDE steps, guidance 1.8 on t <= 0.7).
+    from diffusers_repa import REPAPipeline as PublicREPAPipeline
+
+    pipe = PublicREPAPipeline.from_pretrained(tmp_path / "pipe")
+    image = pipe("golden retriever", generator=torch.manual_seed(0)).images[0]
+    assert isinstance(pipe.scheduler, SiTEulerMaruyamaScheduler)
+    assert isinstance(image, PIL.Image.Image) and image.size == (16, 16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_generator_and_offload(repa_tiny_pipeline_dir):
+    pipe = REPAPipeline.from_pretrained(repa_tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    call = {"class_labels": [3, 7], "num_inference_steps": 4, "output_type": "latent"}
+    cpu = pipe(**call, generator=torch.manual_seed(0)).images
+    pipe.to("cuda")
+    first = pipe(**call, generator=torch.manual_seed(0)).images
+    second = pipe(**call, generator=torch.manual_seed(0)).images
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first.cpu(), cpu, atol=1e-4, rtol=1e-4)
+    pipe.to("cpu")
+    pipe.enable_model_cpu_offload()
+    torch.testing.assert_close(pipe(**call, generator=torch.manual_seed(0)).images.cpu(), cpu, atol=1e-4, rtol=1e-4)
