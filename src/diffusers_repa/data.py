@@ -20,6 +20,8 @@ Typical use with a `DataLoader`:
 >>> for batch in loader:
 ...     skipped.update(batch["skipped"])  # batch["pixel_values"]: (B, 3, 256, 256) uint8
 ```
+
+With `streaming=True`, apply the transform with `dataset.map(transform, batched=True)` instead of `with_transform`.
 """
 
 import io
@@ -27,13 +29,15 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
+
+if TYPE_CHECKING:
+    import datasets
 
 # Stable Diffusion VAE latents are scaled by this before training (official `latents_scale`, all 4 channels).
 SD_VAE_LATENT_SCALE = 0.18215
@@ -241,7 +245,7 @@ class ImageTransform:
     A `datasets` transform (`dataset.with_transform(transform)`) and `DataLoader` collate function
     (`collate_fn=transform.collate`) for class-conditional image datasets.
 
-    The transform maps each example to `pixel_values` (uint8 `(3, R, R)`, or `None`), `class_labels` and a `skipped`
+    For a streaming dataset use `dataset.map(transform, batched=True)`. The transform maps each example to `pixel_values` (uint8 `(3, R, R)`, or `None`), `class_labels` and a `skipped`
     record; `collate` stacks the usable examples and passes the skip records on, so they reach the main process even
     from DataLoader workers (feed them to [`SkippedImages.update`]). A batch can therefore be smaller than the batch
     size, or empty, when images were skipped.
@@ -308,7 +312,7 @@ def load_image_dataset(
     streaming: bool = False,
     cache_dir: str | None = None,
     **load_dataset_kwargs: Any,
-) -> datasets.Dataset | datasets.IterableDataset:
+) -> "datasets.Dataset | datasets.IterableDataset":
     r"""
     Load a class-conditional image dataset with `datasets`, with images left undecoded.
 
@@ -330,6 +334,10 @@ def load_image_dataset(
     Returns:
         `datasets.Dataset`, or `datasets.IterableDataset` when `streaming=True`.
     """
+    try:
+        import datasets
+    except ImportError as error:
+        raise ImportError("`load_image_dataset` needs `datasets`: pip install 'diffusers-repa[training]'.") from error
     if (dataset_name is None) == (train_data_dir is None):
         raise ValueError("Pass exactly one of `dataset_name` (Hub id or dataset folder) and `train_data_dir`.")
     if dataset_name is not None:

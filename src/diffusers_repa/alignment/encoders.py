@@ -8,23 +8,28 @@ preprocessing of the official REPA code (`train.py preprocess_raw_image`, `utils
 |---|---|---|---|---|
 | DINOv2 S/B/L/G (`dinov2`) | `Dinov2Model` | 224 | patch tokens after the final LayerNorm (`last_hidden_state[:, 1:]`) | ImageNet, before resize |
 | DINOv2 + registers (`dinov2_with_registers`) | `Dinov2WithRegistersModel` | 224 | the same, CLS and registers dropped (`[:, 1 + R:]`) | ImageNet, before resize |
-| CLIP vision tower (`clip`, `clip_vision_model`) | `CLIPVisionModel` | 224 (/14) | last-layer patch tokens, before `post_layernorm` (as the official) | CLIP, after resize |
-| SigLIP vision tower (`siglip`, `siglip_vision_model`) | `SiglipVisionModel` | 16 x patch | all tokens (no CLS) after `post_layernorm` | 0.5/0.5, after resize |
-| ViT-MAE (`vit_mae`) | `ViTMAEModel`, no masking | 256 (/16) | patch tokens after the final LayerNorm, in raster order | ImageNet |
+| CLIP vision tower (`clip`, `clip_vision_model`) | `CLIPVisionModel` | 224 (/14), 256 (/16) | last-layer patch tokens before `post_layernorm` (`[:, 1:]`, as the official) | CLIP, after resize |
+| SigLIP vision tower (`siglip`, `siglip_vision_model`) | `SiglipVisionModel` | 256 (/16), 224 (/14) | all tokens (no CLS) after `post_layernorm` | 0.5 / 0.5, after resize |
+| ViT-MAE (`vit_mae`) | `ViTMAEModel`, mask ratio 0 | 256 (/16) | patch tokens after the final LayerNorm (`[:, 1:]`), raster order | ImageNet |
 | I-JEPA (`ijepa`) | `IJepaModel` | 224 (/14) | all tokens (no CLS) after the final LayerNorm | ImageNet, before resize |
-| ViT, e.g. DINOv1 (`vit`) | `ViTModel` | 256 (/16) | patch tokens after the final LayerNorm | ImageNet |
-| timm (`timm_wrapper`) | `TimmWrapperModel` | 16 x stride | `forward_features`: ViTs drop their prefix tokens, CNNs give the H x W map | timm `pretrained_cfg` |
+| ViT, e.g. DINOv1 (`vit`) | `ViTModel` | 256 (/16) | patch tokens after the final LayerNorm (`[:, 1:]`) | ImageNet |
+| timm (`timm_wrapper`) | `TimmWrapperModel` | 16 x stride | `forward_features`: ViTs drop their prefix tokens, CNNs give the H x W map | the checkpoint's `pretrained_cfg` |
 
 Common rules:
 
 * Pixel values: `x / 255`, normalised with the model's `preprocessor_config.json` mean/std when there is one (the
   table's constants otherwise), and resized with bicubic interpolation (`align_corners=False`, no antialias, no
   clamp) so that the token grid is `resolution / 16` per side: 16 x 16 at 256 px, 32 x 32 at 512 px, the grid of a
-  SiT/2 on 8x-downsampling VAE latents. DINOv2 and I-JEPA normalise before resizing, as the official code does.
+  SiT/2 on 8x-downsampling VAE latents. DINOv2 and I-JEPA normalise before resizing, as the official code does
+  (the /16 ViTs are not resized at all).
 * Position embeddings are resampled once at load time to that grid, the timm way (`resample_abs_pos_embed`:
   bicubic, antialias, prefix positions kept), and the config's `image_size` is updated, so that no interpolation
-  runs at training time. For DINOv2 this reproduces the official hub models' targets; HF's own runtime
-  interpolation (no antialias) does not.
+  runs at training time (timm ViTs: `set_input_size`, which does the same). For DINOv2 this reproduces the official
+  hub models' targets; HF's own runtime interpolation (no antialias) does not.
+* Other token counts (`from_pretrained(..., num_tokens=N)`, N the SiT's token count): a finer grid runs the encoder
+  on a larger input (DINOv2 at 448 px for 32 x 32 tokens); a coarser one keeps the default input and area-pools the
+  features ([`match_tokens`]). Feature grids are never upsampled by more than 2x per side, and non-square grids are
+  refused, with a `ValueError` at load time, before training starts.
 """
 
 import json
@@ -186,7 +191,9 @@ class AlignmentEncoder(nn.Module):
 
     It is always in eval mode with gradients off (`train()` keeps it in eval mode), and `forward` runs under
     `torch.no_grad()`. Build it with [`~AlignmentEncoder.from_pretrained`]; the constructor takes an already loaded
-    and resized transformers model.
+    and resized transformers model. In training, move it with `.to(accelerator.device)` and keep it out of
+    `accelerator.prepare` (it has nothing to train or synchronise); several encoders are simply a list, whose outputs
+    form the loss's `target_features`.
 
     Attributes:
         name (`str`): The checkpoint it was loaded from.
