@@ -2,12 +2,13 @@
 
 __version__ = "0.1.0"
 
-from .alignment import REPALoss, REPALossOutput
+from .alignment import AlignmentEncoder, REPALoss, REPALossOutput, check_compatibility, match_tokens
 from .models import SIT_PRESETS, REPAProjector, SiTTransformer2DModel, SiTTransformer2DModelOutput
 from .pipeline_repa import REPAPipeline
 from .schedulers import SiTEulerMaruyamaScheduler, SiTEulerScheduler, SiTHeunScheduler
 
 __all__ = [
+    "AlignmentEncoder",
     "REPALoss",
     "REPALossOutput",
     "REPAPipeline",
@@ -18,4 +19,6 @@ __all__ = [
     "SiTHeunScheduler",
     "SiTTransformer2DModel",
     "SiTTransformer2DModelOutput",
+    "check_compatibility",
+    "match_tokens",
 ]
