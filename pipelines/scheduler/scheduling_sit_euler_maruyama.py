@@ -120,6 +120,4 @@ class SiTEulerMaruyamaScheduler(SiTSchedulerMixin):
         else:
             prev_sample = sample + dt * drift
         self._step_index += 1
-        if not return_dict:
-            return (prev_sample,)
-        return SchedulerOutput(prev_sample=prev_sample)
+        return self._output(prev_sample, return_dict)

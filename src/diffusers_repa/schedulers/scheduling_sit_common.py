@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 from diffusers.configuration_utils import ConfigMixin
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from ..flow_paths import check_path_type
 
@@ -85,7 +85,8 @@ class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
         return sample
 
     def _default_grid(self, num_inference_steps: int) -> torch.Tensor:
-        raise NotImplementedError
+        # The official ODE grid (`euler_sampler`): N uniform steps ending exactly at t = 0.
+        return torch.linspace(1, 0, num_inference_steps + 1, dtype=torch.float64)
 
     def _build_schedule(self, grid: torch.Tensor) -> None:
         raise NotImplementedError
@@ -129,6 +130,10 @@ class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
         if len(indices) == 0:
             raise ValueError(f"Timestep {float(timestep)} is not in the schedule {self.timesteps.tolist()}.")
         return int(indices[1 if len(indices) > 1 else 0])
+
+    @staticmethod
+    def _output(prev_sample: torch.Tensor, return_dict: bool) -> SchedulerOutput | tuple[torch.Tensor]:
+        return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
 
     def _begin_step(self, timestep: float | torch.Tensor) -> int:
         """The index of this call (initialised from `timestep` or `begin_index` on the first call)."""

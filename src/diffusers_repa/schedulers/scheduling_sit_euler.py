@@ -49,9 +49,6 @@ class SiTEulerScheduler(SiTSchedulerMixin):
     def __init__(self, path_type: str = "linear", state_dtype: str = "float64"):
         self._init_common(path_type, state_dtype)
 
-    def _default_grid(self, num_inference_steps: int) -> torch.Tensor:
-        return torch.linspace(1, 0, num_inference_steps + 1, dtype=torch.float64)
-
     def _build_schedule(self, grid: torch.Tensor) -> None:
         self.timesteps = grid[:-1]
 
@@ -79,6 +76,4 @@ class SiTEulerScheduler(SiTSchedulerMixin):
         dt = self._grid[index + 1] - self._grid[index]
         prev_sample = sample.to(self.state_dtype) + dt * model_output.to(self.state_dtype)
         self._step_index += 1
-        if not return_dict:
-            return (prev_sample,)
-        return SchedulerOutput(prev_sample=prev_sample)
+        return self._output(prev_sample, return_dict)

@@ -46,9 +46,6 @@ class SiTHeunScheduler(SiTSchedulerMixin):
         self._init_common(path_type, state_dtype)
         self._predictor_state: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _default_grid(self, num_inference_steps: int) -> torch.Tensor:
-        return torch.linspace(1, 0, num_inference_steps + 1, dtype=torch.float64)
-
     def _build_schedule(self, grid: torch.Tensor) -> None:
         times = grid[:-1]
         self.timesteps = torch.cat([times[:1], times[1:].repeat_interleave(2)])
@@ -102,6 +99,4 @@ class SiTHeunScheduler(SiTSchedulerMixin):
             prev_sample = start + dt * (0.5 * start_velocity + 0.5 * velocity)
             self._predictor_state = None
         self._step_index += 1
-        if not return_dict:
-            return (prev_sample,)
-        return SchedulerOutput(prev_sample=prev_sample)
+        return self._output(prev_sample, return_dict)
