@@ -21,8 +21,13 @@ import time
 import torch
 from diffusers.utils import logging
 
-from diffusers_repa import REPAPipeline, SiTEulerMaruyamaScheduler, SiTEulerScheduler, SiTHeunScheduler
-from diffusers_repa import SiTTransformer2DModel
+from diffusers_repa import (
+    REPAPipeline,
+    SiTEulerMaruyamaScheduler,
+    SiTEulerScheduler,
+    SiTHeunScheduler,
+    SiTTransformer2DModel,
+)
 
 SCHEDULERS = {"sde": SiTEulerMaruyamaScheduler, "euler": SiTEulerScheduler, "heun": SiTHeunScheduler}
 MODES = {  # name -> (state dtype, model dtype)

@@ -18,8 +18,13 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_repa import REPAPipeline, SiTEulerMaruyamaScheduler, SiTEulerScheduler, SiTHeunScheduler
-from diffusers_repa import SiTTransformer2DModel
+from diffusers_repa import (
+    REPAPipeline,
+    SiTEulerMaruyamaScheduler,
+    SiTEulerScheduler,
+    SiTHeunScheduler,
+    SiTTransformer2DModel,
+)
 from diffusers_repa.pipeline_repa import write_hub_code
 
 PIPELINES_DIR = Path(__file__).parents[1] / "pipelines"
@@ -84,7 +89,9 @@ def run_offline(python: str, kind: str, source: str, tmp_path: Path, cache: Path
 
 @pytest.fixture(scope="module")
 def reference_images(repa_tiny_pipeline):
-    return repa_tiny_pipeline(["tench", 3], num_inference_steps=4, generator=torch.manual_seed(0), output_type="np").images
+    return repa_tiny_pipeline(
+        ["tench", 3], num_inference_steps=4, generator=torch.manual_seed(0), output_type="np"
+    ).images
 
 
 @pytest.fixture(scope="module")

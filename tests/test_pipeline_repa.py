@@ -147,7 +147,9 @@ def test_batch_equals_single_with_per_image_generators(repa_tiny_pipeline):
     pipe = repa_tiny_pipeline
     call = {"num_inference_steps": 4, "output_type": "latent"}
     batch = pipe([3, 512], generator=[torch.Generator().manual_seed(s) for s in (5, 6)], **call).images
-    singles = [pipe([label], generator=torch.Generator().manual_seed(s), **call).images for label, s in ((3, 5), (512, 6))]
+    singles = [
+        pipe([label], generator=torch.Generator().manual_seed(s), **call).images for label, s in ((3, 5), (512, 6))
+    ]
     torch.testing.assert_close(batch, torch.cat(singles), atol=1e-6, rtol=0)
 
 

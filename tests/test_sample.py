@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import PIL.Image
-import pytest
 
 from diffusers_repa.sample import main, sample_labels
 
@@ -64,10 +63,23 @@ def test_accelerate_launch_two_processes(repa_tiny_pipeline_dir, tmp_path):
     single = tmp_path / "single.npz"
     assert main(npz_argv(repa_tiny_pipeline_dir, single, "--num_images", "3", "--batch_size", "1")) == 0
     output = tmp_path / "two.npz"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "diffusers_repa.sample", *npz_argv(repa_tiny_pipeline_dir, output, "--num_images", "3",
-                                                        "--batch_size", "1")]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--cpu",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "diffusers_repa.sample",
+        *npz_argv(repa_tiny_pipeline_dir, output, "--num_images", "3", "--batch_size", "1"),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -155,9 +155,7 @@ def test_begin_index_and_custom_sigmas(cls):
     by_index = cls()
     by_index.set_timesteps(sigmas=[1.0, 0.5, 0.25])
     by_index.set_begin_index(2 if cls is SiTHeunScheduler else 1)
-    assert torch.equal(
-        by_time.step(-x, 0.5, x, **kwargs).prev_sample, by_index.step(-x, 0.5, x, **kwargs).prev_sample
-    )
+    assert torch.equal(by_time.step(-x, 0.5, x, **kwargs).prev_sample, by_index.step(-x, 0.5, x, **kwargs).prev_sample)
 
 
 @pytest.mark.parametrize("cls", ALL_SCHEDULERS)

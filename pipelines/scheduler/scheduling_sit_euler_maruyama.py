@@ -5,6 +5,7 @@ import math
 
 import torch
 from diffusers.configuration_utils import register_to_config
+
 # diffusers' loader looks up `SchedulerMixin` in the module that model_index.json names, i.e. this one.
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput  # noqa: F401
 from diffusers.utils.torch_utils import randn_tensor
@@ -114,7 +115,9 @@ class SiTEulerMaruyamaScheduler(SiTSchedulerMixin):
             if noise is None:
                 noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
             elif noise.shape != sample.shape:
-                raise ValueError(f"`noise` must have the sample's shape {tuple(sample.shape)}, got {tuple(noise.shape)}.")
+                raise ValueError(
+                    f"`noise` must have the sample's shape {tuple(sample.shape)}, got {tuple(noise.shape)}."
+                )
             noise = noise.to(sample)
             prev_sample = sample + drift * dt + math.sqrt(diffusion) * (noise * math.sqrt(abs(dt)))
         else:

@@ -30,6 +30,7 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # `noise_sampler(step_index, sample) -> noise`, as k-diffusion's noise samplers.
 NoiseSampler = Callable[[int, torch.Tensor], torch.Tensor]
 
+
 def load_imagenet_id2label() -> dict[str, str]:
     """The ImageNet-1k `id2label` shipped with the package: `{"0": "tench, Tinca tinca", ..., "999": ...}`."""
     with open(IMAGENET_LABELS_FILE, encoding="utf-8") as file:
@@ -331,9 +332,9 @@ class REPAPipeline(DiffusionPipeline):
                 model_labels = torch.cat([labels, null_labels]) if guided else labels
                 # t stays float32 for low-precision models: casting it to bf16 would quantise the time.
                 model_time = t.to(torch.float32).expand(model_input.shape[0])
-                velocity = self.transformer(
-                    model_input.to(model_dtype), model_time, model_labels, return_dict=False
-                )[0].to(state_dtype)
+                velocity = self.transformer(model_input.to(model_dtype), model_time, model_labels, return_dict=False)[
+                    0
+                ].to(state_dtype)
                 if guided:
                     cond, uncond = velocity.chunk(2)
                     velocity = uncond + self._guidance_scale * (cond - uncond)
@@ -452,7 +453,9 @@ def write_hub_code(
 def _copy_module_flat(source: Path, target: Path, written: dict[str, Path]) -> None:
     if source.name in written:
         if written[source.name] != source:
-            raise ValueError(f"Two modules named {source.name} ({written[source.name]}, {source}) cannot share {target}.")
+            raise ValueError(
+                f"Two modules named {source.name} ({written[source.name]}, {source}) cannot share {target}."
+            )
         return
     written[source.name] = source
 

@@ -80,7 +80,7 @@ def make_grid(images: np.ndarray, captions: list[str], columns: int) -> PIL.Imag
     caption_height = 14
     grid = PIL.Image.new("RGB", (columns * width, rows * (height + caption_height)), "white")
     draw = PIL.ImageDraw.Draw(grid)
-    for index, (image, caption) in enumerate(zip(images, captions)):
+    for index, (image, caption) in enumerate(zip(images, captions, strict=True)):
         x, y = (index % columns) * width, (index // columns) * (height + caption_height)
         grid.paste(PIL.Image.fromarray(image), (x, y))
         draw.text((x + 2, y + height + 1), caption, fill="black")
@@ -152,8 +152,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     grid.add_argument("--columns", type=int, default=None, help="images per row (default: up to 8)")
     npz = commands.add_parser("npz", help="N images in an .npz for the ADM FID evaluator (resumable)")
     npz.add_argument("--num_images", type=int, default=50_000)
-    npz.add_argument("--labels", choices=("balanced", "random"), default="balanced",
-                     help="balanced: N/num_classes per class; random: uniform, as the official generate.py")
+    npz.add_argument(
+        "--labels",
+        choices=("balanced", "random"),
+        default="balanced",
+        help="balanced: N/num_classes per class; random: uniform, as the official generate.py",
+    )
     npz.add_argument("--batch_size", type=int, default=32, help="images per batch and per process")
     for sub in (grid, npz):
         sub.add_argument("--model", required=True, help="REPAPipeline folder or Hub repo id")

@@ -3,6 +3,7 @@
 
 import torch
 from diffusers.configuration_utils import register_to_config
+
 # diffusers' loader looks up `SchedulerMixin` in the module that model_index.json names, i.e. this one.
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput  # noqa: F401
 
