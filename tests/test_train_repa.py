@@ -23,15 +23,12 @@ from diffusers_repa.alignment import AlignmentEncoder
 from diffusers_repa.model_card import LORA_WEIGHT_NAME
 
 from .train_fixtures import (
-    COMMON_ARGS,
     REPO_ROOT,
     TRAINING_DIR,
     assert_same_tensors,
-    make_image_folder,
-    run_prepare,
+    build_workspace,
+    latent_args,
     run_training,
-    save_tiny_dinov2,
-    save_tiny_vae,
     subprocess_env,
     training_module,
 )
@@ -41,28 +38,7 @@ train_repa = training_module("train_repa")
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """Image folder, tiny VAE and DINOv2 folders, and the latents prepared from them."""
-    root = tmp_path_factory.mktemp("train_repa")
-    ws = types.SimpleNamespace(
-        root=root,
-        images=make_image_folder(root / "images"),
-        vae=save_tiny_vae(root / "vae"),
-        dino=save_tiny_dinov2(root / "dino"),
-        data=root / "prepared",
-        cache=root / "cache",
-    )
-    run_prepare([
-        "--train_data_dir", str(ws.images), "--resolution", "32", "--vae", str(ws.vae), "--output_dir", str(ws.data),
-        "--shard_size", "10", "--dataloader_num_workers", "0", "--cache_dir", str(ws.cache),
-    ])  # fmt: skip
-    return ws
-
-
-def latent_args(ws, output_dir, *extra: str) -> list[str]:
-    return COMMON_ARGS + [
-        "--dataset_name", str(ws.data), "--encoder", str(ws.dino), "--vae", str(ws.vae),
-        "--output_dir", str(output_dir), "--cache_dir", str(ws.cache), *extra,
-    ]  # fmt: skip
+    return build_workspace(tmp_path_factory.mktemp("train_repa"))
 
 
 class FakeHub:
@@ -100,7 +76,7 @@ def trained(workspace):
         run_training(
             latent_args(
                 workspace, output, "--max_train_steps", "12", "--checkpointing_steps", "6", "--validation_steps", "6",
-                "--push_to_hub", "--push_checkpoints_to_hub", "--hub_model_id", "repa-test",
+                "--push_to_hub", "--push_checkpoints_to_hub", "--hub_model_id", "repa-test", "--hub_token", "hf_secret",
             )
         )  # fmt: skip
     return types.SimpleNamespace(output=output, hub=hub)
@@ -149,7 +125,10 @@ def test_training_outputs(trained, workspace):
 
 def test_hub_push(trained):
     hub = trained.hub
-    assert hub.repos == [("repa-test", {"exist_ok": True, "private": False, "token": None})]
+    assert hub.repos == [("repa-test", {"exist_ok": True, "private": False, "token": "hf_secret"})]
+    assert all(upload["kwargs"]["token"] == "hf_secret" for upload in hub.uploads)
+    for path in trained.output.rglob("*"):  # the token is used, never written down
+        assert not path.is_file() or b"hf_secret" not in path.read_bytes(), path
     checkpoint_pushes, (final,) = hub.uploads[:-1], hub.uploads[-1:]
     assert [(push["kwargs"]["path_in_repo"], push["run_as_future"]) for push in checkpoint_pushes] == [
         ("checkpoint-6", True),
@@ -162,7 +141,7 @@ def test_hub_push(trained):
         "model_index.json", "README.md", "sample_grid.png", "transformer/config.json", "scheduler/scheduler_config.json",
         "vae/diffusion_pytorch_model.safetensors", "projector/diffusion_pytorch_model.safetensors",
     } <= sent  # fmt: skip
-    assert not [name for name in sent if name.startswith(("checkpoint-", "logs/", "samples/", "."))]
+    assert not [name for name in sent if name.startswith(("checkpoint-", "logs/", "samples/", ".", "training_args"))]
     assert final["card"] == (trained.output / "README.md").read_text()
 
 

@@ -7,6 +7,7 @@ at 32 px) and the 2-level AutoencoderKL of `conftest.make_tiny_vae` (32 px image
 import importlib
 import os
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,32 @@ def run_prepare(argv: list[str]) -> None:
         prepare_latents.main(prepare_latents.parse_args(argv))
     finally:
         reset_accelerate()
+
+
+def build_workspace(root: Path, *prepare_args: str) -> types.SimpleNamespace:
+    """An image folder (3 classes x 8), the tiny VAE and DINOv2 folders, and latents prepared from them (with
+    `prepare_args` added to the `prepare_latents.py` command)."""
+    ws = types.SimpleNamespace(
+        root=root,
+        images=make_image_folder(root / "images"),
+        vae=save_tiny_vae(root / "vae"),
+        dino=save_tiny_dinov2(root / "dino"),
+        data=root / "prepared",
+        cache=root / "cache",
+    )
+    run_prepare([
+        "--train_data_dir", str(ws.images), "--resolution", "32", "--vae", str(ws.vae), "--output_dir", str(ws.data),
+        "--shard_size", "10", "--dataloader_num_workers", "0", "--cache_dir", str(ws.cache), *prepare_args,
+    ])  # fmt: skip
+    return ws
+
+
+def latent_args(ws: types.SimpleNamespace, output_dir: Path, *extra: str) -> list[str]:
+    """`train_repa.py` arguments for the tiny SiT on the workspace's prepared latents."""
+    return COMMON_ARGS + [
+        "--dataset_name", str(ws.data), "--encoder", str(ws.dino), "--vae", str(ws.vae),
+        "--output_dir", str(output_dir), "--cache_dir", str(ws.cache), *extra,
+    ]  # fmt: skip
 
 
 def make_image_folder(root: Path, num_classes: int = 3, per_class: int = 8, size: int = 40) -> Path:

@@ -19,6 +19,7 @@ instead, and only the adapter is saved.
 """
 
 import argparse
+import concurrent.futures
 import json
 import logging
 import math
@@ -317,8 +318,6 @@ def load_training_data(args: argparse.Namespace) -> tuple[datasets.Dataset, dict
         split=args.dataset_split,
         cache_dir=args.cache_dir,
     )
-    if not isinstance(dataset, datasets.Dataset):
-        raise ValueError("Training reads a map-style dataset: prepare streamed data with prepare_latents.py first.")
     info: dict[str, Any] = {"latent": MOMENTS_COLUMN in dataset.column_names}
     prepared = info["latent"] or any(name.startswith("features_") for name in dataset.column_names)
     if prepared:
@@ -490,6 +489,8 @@ def sample_grid(pipeline: REPAPipeline, args: argparse.Namespace) -> Image.Image
         output_type="np",
     ).images
     captions = [caption(pipeline, label) for label in labels]
+    scale = max(1, 128 // images.shape[1])  # small images are enlarged so that they (and their captions) are legible
+    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     return make_grid(to_uint8(images), captions, columns=min(len(labels), 8))
 
 
@@ -529,12 +530,27 @@ def log_validation(
     return path
 
 
+def public_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's options without the Hub token, for `training_args.json` and the trackers."""
+    return {key: value for key, value in vars(args).items() if key != "hub_token"}
+
+
 def tracker_config(args: argparse.Namespace) -> dict[str, Any]:
     """The run's options in the flat scalar form trackers (tensorboard hparams) accept."""
     return {
         key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
-        for key, value in vars(args).items()
+        for key, value in public_args(args).items()
     }
+
+
+def wait_for_uploads(uploads: list[concurrent.futures.Future]) -> None:
+    """Wait for the background checkpoint uploads; a failed upload is reported, not fatal."""
+    for upload in uploads:
+        try:
+            upload.result()
+        except Exception as error:  # noqa: BLE001 - any Hub/network error
+            logger.warning(f"A checkpoint upload to the Hub failed: {error}")
+    uploads.clear()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -578,7 +594,7 @@ def main(args: argparse.Namespace) -> None:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_incomplete_checkpoints(output_dir)
-        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2, default=str))
+        (output_dir / "training_args.json").write_text(json.dumps(public_args(args), indent=2, default=str))
     resume_path = resolve_resume_checkpoint(args, output_dir)
     repo_id = None
     if args.push_to_hub and accelerator.is_main_process:
@@ -774,6 +790,7 @@ def main(args: argparse.Namespace) -> None:
         state = json.loads((resume_path / TRAINING_STATE).read_text())
         global_step, batches_seen = state["global_step"], state["batches_seen"]
     last_checkpoint = resume_path
+    uploads: list[concurrent.futures.Future] = []  # background checkpoint uploads
 
     logger.info("***** Running training *****")
     logger.info(f"  Examples = {len(dataset)}, batches per epoch and process = {len(train_dataloader)}")
@@ -859,10 +876,11 @@ def main(args: argparse.Namespace) -> None:
             step_start = now
 
             if global_step % args.checkpointing_steps == 0:
+                wait_for_uploads(uploads)  # the previous upload must not race the pruning of its folder
                 state = {"global_step": global_step, "batches_seen": batches_seen}
                 last_checkpoint = save_checkpoint(accelerator, output_dir, state, args.checkpoints_total_limit)
                 if args.push_checkpoints_to_hub and accelerator.is_main_process:
-                    upload_folder(
+                    upload = upload_folder(
                         repo_id=repo_id,
                         folder_path=last_checkpoint,
                         path_in_repo=last_checkpoint.name,
@@ -870,6 +888,7 @@ def main(args: argparse.Namespace) -> None:
                         token=args.hub_token,
                         run_as_future=True,
                     )
+                    uploads.append(upload)
             if global_step % args.validation_steps == 0 and accelerator.is_main_process:
                 path = log_validation(transformer, ema, vae, info, args, accelerator, global_step)
                 logger.info(f"Validation grid: {path}")
@@ -899,11 +918,12 @@ def main(args: argparse.Namespace) -> None:
             sample_grid(grid_pipeline, args).save(output_dir / "sample_grid.png")
         write_model_card(args, info, model, global_step, repo_id or args.hub_model_id or output_dir.name)
         if args.push_to_hub:
+            wait_for_uploads(uploads)
             upload_folder(
                 repo_id=repo_id,
                 folder_path=output_dir,
                 commit_message="End of training",
-                ignore_patterns=["checkpoint-*", "checkpoint-*/**", ".*", f"{args.logging_dir}/**", "samples/**"],
+                ignore_patterns=["checkpoint-*", ".*", f"{args.logging_dir}/*", "samples/*", "training_args.json"],
                 token=args.hub_token,
             )
         where = "LoRA adapter" if args.lora_rank is not None else "pipeline (EMA weights)"
