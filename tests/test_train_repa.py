@@ -138,8 +138,9 @@ def test_hub_push(trained):
     assert final["repo_id"] == "me/repa-test" and final["folder"] == trained.output and not final["run_as_future"]
     sent = set(final["files"])
     assert {
-        "model_index.json", "README.md", "sample_grid.png", "transformer/config.json", "scheduler/scheduler_config.json",
-        "vae/diffusion_pytorch_model.safetensors", "projector/diffusion_pytorch_model.safetensors",
+        "model_index.json", "README.md", "sample_grid.png", "transformer/config.json",
+        "scheduler/scheduler_config.json", "vae/diffusion_pytorch_model.safetensors",
+        "projector/diffusion_pytorch_model.safetensors",
     } <= sent  # fmt: skip
     assert not [name for name in sent if name.startswith(("checkpoint-", "logs/", "samples/", ".", "training_args"))]
     assert final["card"] == (trained.output / "README.md").read_text()
@@ -152,8 +153,10 @@ def test_resume_is_bit_identical(trained, workspace):
     run_training(args + ["--max_train_steps", "12", "--resume_from_checkpoint", "latest"])
     assert [path.name for path in output.glob("checkpoint-*")] == ["checkpoint-12"]  # the limit pruned step 6
     assert_same_tensors(trained.output / "checkpoint-12", output / "checkpoint-12")
-    first, second = (torch.load(run / "checkpoint-12" / "optimizer.bin", weights_only=True) for run in (trained.output, output))
-    for state_a, state_b in zip(first["state"].values(), second["state"].values()):
+    first, second = (
+        torch.load(run / "checkpoint-12" / "optimizer.bin", weights_only=True) for run in (trained.output, output)
+    )
+    for state_a, state_b in zip(first["state"].values(), second["state"].values(), strict=True):
         assert all(torch.equal(state_a[key], state_b[key]) for key in state_a)
     assert_same_tensors(trained.output / "transformer", output / "transformer")
 
@@ -174,7 +177,11 @@ def test_alignment_stop_and_coefficient_schedule(workspace):
 
 def test_proj_coeff_schedules():
     args = types.SimpleNamespace(proj_coeff=0.5, max_train_steps=100, alignment_stop_step=None)
-    for schedule, expected in (("constant", [0.5, 0.5, 0.5]), ("linear", [0.5, 0.25, 0.005]), ("cosine", [0.5, 0.25, 0.0])):
+    for schedule, expected in (
+        ("constant", [0.5, 0.5, 0.5]),
+        ("linear", [0.5, 0.25, 0.005]),
+        ("cosine", [0.5, 0.25, 0.0]),
+    ):
         args.proj_coeff_schedule = schedule
         assert [train_repa.proj_coeff_at(step, args) for step in (0, 50, 99)] == pytest.approx(expected, abs=2e-4)
         assert train_repa.proj_coeff_at(100, args) == 0.0
@@ -206,13 +213,15 @@ def test_two_processes_end_with_identical_weights(workspace, tmp_path):
     data, output = tmp_path / "prepared", tmp_path / "run"
     prepare_argv = [
         "--train_data_dir", str(workspace.images), "--resolution", "32", "--vae", str(workspace.vae),
-        "--output_dir", str(data), "--shard_size", "5", "--dataloader_num_workers", "0", "--cache_dir", str(tmp_path / "cache"),
+        "--output_dir", str(data), "--shard_size", "5", "--dataloader_num_workers", "0",
+        "--cache_dir", str(tmp_path / "cache"),
     ]  # fmt: skip
     train_argv = latent_args(workspace, output, "--max_train_steps", "3", "--checkpointing_steps", "3")
     train_argv[train_argv.index("--dataset_name") + 1] = str(data)
+    port = str(29500 + hash(str(tmp_path)) % 1000)
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(29500 + hash(str(tmp_path)) % 1000),
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
         str(launcher), str(tmp_path), json.dumps(prepare_argv), json.dumps(train_argv),
     ]  # fmt: skip
     env = subprocess_env() | {"ACCELERATE_USE_CPU": "1"}  # torchrun's two processes, on the CPU with gloo

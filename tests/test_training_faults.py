@@ -148,9 +148,9 @@ def test_bad_images_are_converted_or_skipped_and_counted(tmp_path, workspace):
         (sparse / "class_1" / f"{name}.png").write_bytes(b"broken")
     run_training(
         COMMON_ARGS
-        + ["--train_data_dir", str(sparse), "--proj_coeff", "0", "--encoder", "none", "--output_dir", str(tmp_path / "sparse_run"),
-           "--cache_dir", str(tmp_path / "cache"), "--model", "SiT-S/8", "--batch_size", "2", "--max_train_steps", "2",
-           "--checkpointing_steps", "2"]
+        + ["--train_data_dir", str(sparse), "--proj_coeff", "0", "--encoder", "none",
+           "--output_dir", str(tmp_path / "sparse_run"), "--cache_dir", str(tmp_path / "cache"), "--model", "SiT-S/8",
+           "--batch_size", "2", "--max_train_steps", "2", "--checkpointing_steps", "2"]
     )  # fmt: skip
     state = json.loads((tmp_path / "sparse_run" / "checkpoint-2" / "training_state.json").read_text())
     # Each epoch has 3 batches and one usable image, so step 2 comes in the second epoch after >= 2 empty batches.
@@ -162,7 +162,10 @@ def test_bad_images_are_converted_or_skipped_and_counted(tmp_path, workspace):
     [
         (["--alignment_depth", "3"], r"alignment_depth.*\[1, num_layers=2\]"),
         (["--resolution", "64"], r"prepared at 32x32 but --resolution is 64"),
-        (["--model_kwargs", TINY_SIT.replace("}", ', "patch_size": 2}')], r"stored features 'features_dino' are \(16, 16\)"),
+        (
+            ["--model_kwargs", TINY_SIT.replace("}", ', "patch_size": 2}')],
+            r"stored features 'features_dino' are \(16, 16\)",
+        ),
         (["--batch_size", "6", "--gradient_accumulation_steps", "4"], r"--batch_size 6 .* divisible"),
     ],
     ids=["depth", "resolution", "encoder-tokens", "batch"],

