@@ -161,18 +161,41 @@ def test_resume_is_bit_identical(trained, workspace):
     assert_same_tensors(trained.output / "transformer", output / "transformer")
 
 
-def test_alignment_stop_and_coefficient_schedule(workspace):
+def test_alignment_stop_and_coefficient_schedule_with_accumulation(workspace):
     output = workspace.root / "haste"
     run_training(
         latent_args(
             workspace, output, "--max_train_steps", "4", "--checkpointing_steps", "2", "--alignment_stop_step", "2",
-            "--proj_coeff_schedule", "linear",
+            "--proj_coeff_schedule", "linear", "--gradient_accumulation_steps", "2",
         )
     )  # fmt: skip
     assert scalars(output, "proj_coeff") == [0.5, 0.25, 0.0, 0.0]
     assert scalars(output, "projection_loss")[2:] == [0.0, 0.0]
+    state = json.loads((output / "checkpoint-2" / "training_state.json").read_text())
+    assert state == {"global_step": 2, "batches_seen": 4}  # 2 micro-batches of 2 images per step
     # No gradient reaches the projector once the alignment stopped.
     assert_same_tensors(output / "checkpoint-2" / "projector", output / "projector")
+
+
+def test_other_official_options_run(workspace):
+    """--legacy, lognormal times, the cosine path, qk-norm, gradient checkpointing and bf16 autocast together."""
+    output = workspace.root / "options"
+    run_training(
+        latent_args(
+            workspace, output, "--max_train_steps", "2", "--checkpointing_steps", "2", "--legacy", "--weighting",
+            "lognormal", "--path_type", "cosine", "--qk_norm", "--gradient_checkpointing", "--mixed_precision", "bf16",
+            "--cfg_prob", "0.2",
+        )
+    )  # fmt: skip
+    transformer = SiTTransformer2DModel.from_pretrained(output, subfolder="transformer")
+    assert transformer.config.qk_norm and transformer.config.class_dropout_prob == 0.2
+    assert REPAPipeline.from_pretrained(output).scheduler.config.path_type == "cosine"
+
+
+def test_legacy_label_dropout():
+    torch.manual_seed(0)
+    labels = train_repa.drop_labels(torch.zeros(20_000, dtype=torch.long), probability=0.1, null_class=7)
+    assert set(labels.unique().tolist()) == {0, 7} and abs((labels == 7).float().mean().item() - 0.1) < 0.01
 
 
 def test_proj_coeff_schedules():
