@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -104,10 +105,26 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(wor
 
     monkeypatch.setattr(train_repa.REPALoss, "__call__", poisoned)
     output = tmp_path / "run"
-    with pytest.raises(FloatingPointError, match=r"The loss is nan at step 3 .*Last checkpoint: .*checkpoint-2"):
+    with pytest.raises(FloatingPointError, match=r"The loss is nan .* at step 3; .*Last checkpoint: .*checkpoint-2"):
         run_training(latent_args(workspace, output, "--max_train_steps", "6", "--checkpointing_steps", "2"))
     assert [step for step, _ in train_repa.list_checkpoints(output)] == [2]
     assert not list(output.glob(".checkpoint-*")) and not (output / "model_index.json").exists()
+
+
+def test_non_finite_gradient_stops_before_the_update(workspace, tmp_path, monkeypatch):
+    original_call, calls = train_repa.REPALoss.__call__, []
+
+    def poisoned(self, transformer, *args, **kwargs):
+        output = original_call(self, transformer, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # a finite loss whose gradient is infinite
+            weight = next(parameter for parameter in transformer.parameters() if parameter.requires_grad).flatten()[0]
+            output.loss = output.loss + torch.sqrt(weight - weight.detach())  # + sqrt(0): d/dw = inf
+        return output
+
+    monkeypatch.setattr(train_repa.REPALoss, "__call__", poisoned)
+    with pytest.raises(FloatingPointError, match=r"The gradient norm is (nan|inf) at step 2;"):
+        run_training(latent_args(workspace, tmp_path / "run", "--max_train_steps", "4", "--checkpointing_steps", "4"))
 
 
 def write_bad_images(folder) -> None:

@@ -457,6 +457,15 @@ def proj_coeff_at(step: int, args: argparse.Namespace) -> float:
     return args.proj_coeff
 
 
+def non_finite_error(what: str, step: int, last_checkpoint: Path | None) -> FloatingPointError:
+    """The error that stops training on a non-finite loss or gradient, before the step is applied."""
+    return FloatingPointError(
+        f"The {what} at step {step}; training stopped before applying it. Last checkpoint: "
+        f"{last_checkpoint or 'none'}. Resume from it (--resume_from_checkpoint latest) with a lower --learning_rate, "
+        "--mixed_precision bf16, or a smaller --max_grad_norm."
+    )
+
+
 def drop_labels(class_labels: torch.Tensor, probability: float, null_class: int) -> torch.Tensor:
     """`--legacy`: replace labels by the null class with `probability`, before the model's own dropout."""
     drop = torch.rand(class_labels.shape[0], device=class_labels.device) < probability
@@ -852,17 +861,16 @@ def main(args: argparse.Namespace) -> None:
                     torch.stack([output.loss, output.denoising_loss, output.projection_loss]).detach(), "mean"
                 )
                 if not torch.isfinite(values[0]):
-                    raise FloatingPointError(
-                        f"The loss is {values[0].item()} at step {global_step + 1} (denoising "
-                        f"{values[1].item()}, projection {values[2].item()}); training stopped before applying it. "
-                        f"Last checkpoint: {last_checkpoint or 'none'}. Resume from it (--resume_from_checkpoint "
-                        "latest) with a lower --learning_rate, --mixed_precision bf16, or a smaller --max_grad_norm."
-                    )
+                    what = f"loss is {values[0].item()} (denoising {values[1].item()}, projection {values[2].item()})"
+                    raise non_finite_error(what, global_step + 1, last_checkpoint)
                 window += values / args.gradient_accumulation_steps
                 accelerator.backward(output.loss)
                 if accelerator.sync_gradients:
                     max_norm = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
                     grad_norm = accelerator.clip_grad_norm_(trainable, max_norm)
+                    # fp16's gradient scaler skips such steps itself; otherwise they would poison the weights and EMA.
+                    if accelerator.scaler is None and not torch.isfinite(grad_norm):
+                        raise non_finite_error(f"gradient norm is {grad_norm.item()}", global_step + 1, last_checkpoint)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
