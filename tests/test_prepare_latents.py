@@ -80,6 +80,8 @@ def test_latents_features_skips_and_resume(tmp_path, models):
     assert after["train-00002.parquet"] == before["train-00002.parquet"]
     assert datasets.Dataset.from_parquet(str(shards[1])).to_dict() == reference.to_dict()
     assert not list((output / "data").glob(".*.tmp"))
+    with pytest.raises(ValueError, match="prepared with other settings"):
+        run_prepare([*argv[: argv.index("--shard_size") + 1], "7", *argv[argv.index("--shard_size") + 2 :]])
 
 
 @pytest.mark.parametrize("streaming", [False, True])

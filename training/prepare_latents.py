@@ -55,6 +55,11 @@ logger = get_logger(__name__)
 MOMENTS_COLUMN = "moments"
 FEATURES_PREFIX = "features_"
 SHARD_PATTERN = "train-{:05d}.parquet"
+# The options that decide what a shard holds: a rerun must match them to resume.
+RESUME_SETTINGS = (
+    "dataset_name", "train_data_dir", "split", "image_column", "label_column", "max_samples", "resolution", "vae",
+    "vae_subfolder", "encoders", "encoder_num_tokens", "shard_size",
+)  # fmt: skip
 
 
 def features_column(encoder_name: str) -> str:
@@ -259,6 +264,17 @@ def main(args: argparse.Namespace) -> None:
     (output_dir / ".stats").mkdir(exist_ok=True)
     if not accelerator.is_local_main_process:
         datasets.disable_progress_bars()
+    # Resuming into a folder made with other settings would mix incompatible shards.
+    settings = {name: getattr(args, name) for name in RESUME_SETTINGS}
+    settings_file = output_dir / ".stats" / "settings.json"
+    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
+        raise ValueError(
+            f"{output_dir} holds shards prepared with other settings ({settings_file.read_text().strip()}): use a new "
+            "--output_dir, or the same settings to resume."
+        )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        settings_file.write_text(json.dumps(settings))
 
     dataset = load_image_dataset(
         dataset_name=args.dataset_name,
