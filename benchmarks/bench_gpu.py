@@ -220,57 +220,49 @@ def section_training(args, device, results):
             torch._dynamo.reset()
 
 
-def section_compile_inference(args, device, results):
+def inference_setup(args, device):
+    """The perturbed big model in eval mode, a batch of inputs (x, t, y) and a bf16-autocast no-grad caller."""
     model = big_model(args, device).eval()
     batch = 4 if args.tiny else args.batch_size
     size = model.config.sample_size
     x = torch.randn(batch, 4, size, size, device=device)
     t, y = torch.rand(batch, device=device), torch.randint(0, 1000, (batch,), device=device)
 
-    def forward():
+    def bf16_call(fn, *inputs):
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
-            return model(x, t, y).sample
+            return fn(*inputs).sample
 
-    eager_out = forward().float()
-    results["eager_forward_s"] = round(timed(forward, device, warmup=1, repeats=args.repeats), 4)
+    return model, (x, t, y), bf16_call
+
+
+def section_compile_inference(args, device, results):
+    model, inputs, bf16_call = inference_setup(args, device)
+    eager_out = bf16_call(model, *inputs).float()
+    results["eager_forward_s"] = round(timed(lambda: bf16_call(model, *inputs), device, 1, args.repeats), 4)
     compiled = torch.compile(model, fullgraph=True)
-
-    def compiled_forward():
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
-            return compiled(x, t, y).sample
-
     start = time.perf_counter()
-    compiled_out = compiled_forward().float()
+    compiled_out = bf16_call(compiled, *inputs).float()
     synchronize(device)
     results["compile_s"] = round(time.perf_counter() - start, 1)
-    results["compiled_forward_s"] = round(timed(compiled_forward, device, warmup=1, repeats=args.repeats), 4)
+    results["compiled_forward_s"] = round(timed(lambda: bf16_call(compiled, *inputs), device, 1, args.repeats), 4)
     results["compiled_vs_eager_rel_err"] = ((compiled_out - eager_out).norm() / eager_out.norm()).item()
     torch._dynamo.reset()
 
 
 def section_sampling(args, device, results):
-    model = big_model(args, device).eval()
-    batch = 4 if args.tiny else args.batch_size
-    size = model.config.sample_size
-    x = torch.randn(batch, 4, size, size, device=device)
-    t, y = torch.rand(batch, device=device), torch.randint(0, 1000, (batch,), device=device)
-    x2, t2, y2 = torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, 1000)])
-
-    def call(inputs):
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
-            return model(*inputs).sample
-
-    cond_s = timed(lambda: call((x, t, y)), device, warmup=1, repeats=args.repeats)
-    cfg_s = timed(lambda: call((x2, t2, y2)), device, warmup=1, repeats=args.repeats)
+    model, (x, t, y), bf16_call = inference_setup(args, device)
+    batch = x.shape[0]
+    guided_inputs = (torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, 1000)]))
+    cond_s = timed(lambda: bf16_call(model, x, t, y), device, warmup=1, repeats=args.repeats)
+    cfg_s = timed(lambda: bf16_call(model, *guided_inputs), device, warmup=1, repeats=args.repeats)
     # SDE 250 steps with guidance on t <= 0.7: 172 guided (doubled) calls and 78 conditional ones.
     sde_s = 172 * cfg_s + 78 * cond_s
     # Heun 50 steps, guidance 1.8 on [0, 0.7]: corrector calls follow the step's decision; count them exactly.
     heun = SiTHeunScheduler()
     heun.set_timesteps(50)
     grid = heun.sigmas.tolist()
-    guided = sum(1 + (i < 49) for i in range(50) if grid[i] <= 0.7)
-    plain = 99 - guided
-    heun_s = guided * cfg_s + plain * cond_s
+    guided_calls = sum(1 + (i < 49) for i in range(50) if grid[i] <= 0.7)
+    heun_s = guided_calls * cfg_s + (99 - guided_calls) * cond_s
     results.update({
         "batch": batch, "bf16_autocast": True,
         "model_call_cond_s": round(cond_s, 4), "model_call_cfg_s": round(cfg_s, 4),
