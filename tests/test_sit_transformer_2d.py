@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor
@@ -280,3 +281,84 @@ class TestInputErrors:
             REPAProjector(hidden_size=16, projector_dim=8, z_dims=[4])(torch.randn(2, 5, 17))
         with pytest.raises(ValueError, match="z_dims"):
             REPAProjector(hidden_size=16, projector_dim=8, z_dims=[])
+
+    @pytest.mark.parametrize("t", [[500.0, 0.5], [0.5, -0.01], [0.5, float("nan")], [1000, 1]])
+    def test_timesteps_outside_zero_one_are_refused(self, t):
+        # The x1000 convention of diffusers' FlowMatch schedulers would silently give a wrong velocity.
+        with pytest.raises(ValueError, match=r"flow time t in \[0, 1\].*1000"):
+            small_model().eval()(torch.randn(2, 4, 8, 8), torch.tensor(t), torch.tensor([1, 2]))
+
+    def test_the_ends_of_the_time_range_are_accepted(self):
+        model = small_model().eval()
+        assert model(torch.randn(2, 4, 8, 8), torch.tensor([0.0, 1.0]), torch.tensor([1, 2])).sample.isfinite().all()
+
+    def test_class_labels_as_list_numpy_or_int(self):
+        model = small_model().eval()
+        x, t, y = small_inputs()
+        expected = model(x, t, y).sample
+        assert torch.equal(model(x, t, y.tolist()).sample, expected)
+        assert torch.equal(model(x, t, y.numpy()).sample, expected)
+        assert torch.equal(model(x, t, [np.int64(v) for v in y.tolist()]).sample, expected)
+        assert torch.equal(model(x, t, np.int64(3)).sample, model(x, t, torch.full((3,), 3)).sample)
+        for bad in ([1.0, 2.0, 3.0], [True, False, True], "cat", [[1, 2, 3]], torch.tensor([True, False, True])):
+            with pytest.raises(ValueError, match="class_labels"):
+                model(x, t, bad)
+        with pytest.raises(ValueError, match=r"\[0, 10\]"):
+            model(x, t, [1, 2, 11])
+
+    @pytest.mark.parametrize(
+        "override",
+        [
+            {"num_attention_heads": 0},
+            {"attention_head_dim": -8},
+            {"num_layers": 0},
+            {"patch_size": 0},
+            {"sample_size": 0},
+            {"in_channels": 0},
+            {"out_channels": 0},
+            {"num_classes": 0},
+            {"num_attention_heads": 2.5},
+            {"num_layers": True},
+            {"mlp_ratio": 0},
+            {"class_dropout_prob": 1.0},
+            {"class_dropout_prob": -0.1},
+        ],
+    )
+    def test_non_positive_config_values_are_refused(self, override):
+        (name,) = override
+        with pytest.raises(ValueError, match=f"`{name}` must be"):
+            small_model(**override)
+
+    def test_projector_config_values_are_checked(self):
+        for config, name in (({"hidden_size": 0}, "hidden_size"), ({"projector_dim": -1}, "projector_dim"),
+                             ({"z_dims": [768, 0]}, "z_dims"), ({"z_dims": 768}, "z_dims")):
+            with pytest.raises(ValueError, match=name):
+                REPAProjector(**{"hidden_size": 16, "projector_dim": 8, "z_dims": [4], **config})
+
+
+class TestStrictLoading:
+    """Weights that do not fit the config are an error for our classes, not a warning."""
+
+    @staticmethod
+    def edit_config(folder, **changes):
+        config = json.loads((folder / "config.json").read_text())
+        config.update(changes)
+        (folder / "config.json").write_text(json.dumps(config))
+
+    @pytest.mark.parametrize("num_layers, kind", [(2, "no place for"), (4, "does not hold")])
+    def test_a_num_layers_that_disagrees_with_the_weights(self, tmp_path, num_layers, kind):
+        small_model().save_pretrained(tmp_path)  # 3 blocks
+        self.edit_config(tmp_path, num_layers=num_layers, alignment_depth=2)
+        with pytest.raises(ValueError, match=f"do not fit the SiTTransformer2DModel config.*{kind}.*transformer_blocks"):
+            SiTTransformer2DModel.from_pretrained(tmp_path)
+
+    def test_a_matching_folder_loads_and_loading_info_is_still_available(self, tmp_path):
+        small_model().save_pretrained(tmp_path)
+        model, info = SiTTransformer2DModel.from_pretrained(tmp_path, output_loading_info=True)
+        assert isinstance(model, SiTTransformer2DModel) and not info["missing_keys"] and not info["unexpected_keys"]
+
+    def test_projector_with_fewer_heads_in_the_config(self, tmp_path):
+        REPAProjector(hidden_size=16, projector_dim=8, z_dims=[4, 6]).save_pretrained(tmp_path)
+        self.edit_config(tmp_path, z_dims=[4])
+        with pytest.raises(ValueError, match="REPAProjector config.*no place for.*projectors.1"):
+            REPAProjector.from_pretrained(tmp_path)

@@ -1,13 +1,17 @@
 # Copyright 2026 The diffusers-repa authors. Licensed under the Apache License, Version 2.0.
 """REPA's projector: one MLP head per target encoder, mapping SiT tokens onto the encoder's feature space."""
 
+import numbers
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .strict_loading import StrictLoadingMixin
 
-class REPAProjector(ModelMixin, ConfigMixin):
+
+class REPAProjector(StrictLoadingMixin, ModelMixin, ConfigMixin):
     r"""
     The official REPA projector (`build_mlp`): for each target encoder, Linear(D, P) -> SiLU -> Linear(P, P) -> SiLU
     -> Linear(P, z_dim), applied token-wise. It is a training-only module: it is saved beside the transformer
@@ -17,6 +21,8 @@ class REPAProjector(ModelMixin, ConfigMixin):
         hidden_size (`int`, defaults to 1152): Width D of the SiT tokens (SiT-XL: 1152).
         projector_dim (`int`, defaults to 2048): Width P of the hidden layers.
         z_dims (`list[int]`, defaults to `[768]`): Feature width of each target encoder (DINOv2-B: 768).
+
+    `from_pretrained` is strict, as for [`SiTTransformer2DModel`]: weights that do not fit the config raise.
 
     Example:
 
@@ -33,8 +39,13 @@ class REPAProjector(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, hidden_size: int = 1152, projector_dim: int = 2048, z_dims: list[int] = (768,)):
         super().__init__()
-        if len(z_dims) == 0:
-            raise ValueError("`z_dims` needs one feature width per target encoder, got an empty list.")
+        for name, value in (("hidden_size", hidden_size), ("projector_dim", projector_dim)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        if isinstance(z_dims, (str, bytes)) or not hasattr(z_dims, "__len__") or len(z_dims) == 0:
+            raise ValueError(f"`z_dims` needs one feature width per target encoder, got {z_dims!r}.")
+        if not all(isinstance(z, numbers.Integral) and not isinstance(z, bool) and z >= 1 for z in z_dims):
+            raise ValueError(f"`z_dims` must hold integers >= 1 (one per target encoder), got {list(z_dims)!r}.")
         self.projectors = nn.ModuleList(
             [
                 nn.Sequential(
