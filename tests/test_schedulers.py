@@ -4,6 +4,7 @@ Parity of full sampling runs with the official samplers is in `test_pipeline_rep
 driven by hand, as a diffusers sampling loop would.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -168,9 +169,11 @@ def test_errors(cls):
     x = torch.randn(1, 4, 2, 2)
     with pytest.raises(ValueError, match="set_timesteps"):
         scheduler.step(x, 1.0, x)
-    for steps in (0, -3, None):
+    for steps in (0, -3, None, 2.7, "3", True):  # never truncated or parsed: 2.7 is not 2 steps
         with pytest.raises(ValueError, match="num_inference_steps"):
             scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(np.int64(3))  # NumPy integers are integers
+    assert scheduler.num_inference_steps == 3
     for sigmas in ([0.5, 0.8], [1.5, 0.5], [1.0, 0.0], []):
         with pytest.raises(ValueError, match="sigmas"):
             scheduler.set_timesteps(sigmas=sigmas)
