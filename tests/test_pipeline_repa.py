@@ -83,9 +83,15 @@ def test_labels(repa_tiny_pipeline):
         pipe.get_label_ids("golden retreiver")
     with pytest.raises(ValueError, match="ambiguous.*134.*517"):
         pipe.get_label_ids("crane")
-    for bad in (1001, -1, 2.5, True, []):
+    for bad in (1001, -1, 2.5, True, [], np.array([1.0]), np.array([[1, 2]])):
         with pytest.raises(ValueError):
             pipe.get_label_ids(bad)
+    # NumPy integers and arrays, as `np.random.randint` or a labels column gives them.
+    assert pipe.get_label_ids([np.int64(3), np.int32(207)]) == [3, 207]
+    assert pipe.get_label_ids(np.int64(5)) == [5]
+    assert pipe.get_label_ids(np.arange(3)) == [0, 1, 2]
+    with pytest.raises(ValueError, match="outside"):
+        pipe.get_label_ids([np.int64(-5)])
     assert pipe.config.id2label == load_imagenet_id2label()
 
 
@@ -97,12 +103,17 @@ def test_labels(repa_tiny_pipeline):
         ({"class_labels": -1}, "outside"),
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"num_inference_steps": 2.5}, "num_inference_steps"),
+        ({"guidance_scale": float("nan")}, "guidance_scale"),
+        ({"guidance_scale": float("inf")}, "guidance_scale"),
         ({"guidance_interval": (0.8, 0.2)}, "guidance_interval"),
         ({"guidance_interval": (-0.1, 0.5)}, "guidance_interval"),
         ({"guidance_interval": (0.0, 1.5)}, "guidance_interval"),
         ({"guidance_interval": (0.5,)}, "guidance_interval"),
         ({"latents": torch.randn(2, 4, 8, 8)}, "latents"),
         ({"latents": torch.randn(1, 4, 4, 4)}, "latents"),
+        ({"latents": torch.full((1, 4, 8, 8), float("nan"))}, "NaN or infinite"),
+        ({"latents": torch.randn(1, 4, 8, 8).index_fill_(2, torch.tensor([3]), float("inf"))}, "NaN or infinite"),
+        ({"latents": torch.ones(1, 4, 8, 8, dtype=torch.long)}, "floating-point"),
         ({"output_type": "jpg"}, "output_type"),
         ({"noise_sampler": lambda i, x: torch.randn(1, 4, 4, 4)}, "noise_sampler"),
         ({"noise_sampler": "randn"}, "noise_sampler"),
@@ -179,6 +190,36 @@ def test_callbacks(repa_tiny_pipeline):
 
     pipe([1], num_inference_steps=3, guidance_scale=2.0, output_type="latent", callback_on_step_end=raise_guidance)
     assert pipe.guidance_scale == 2.0 + pipe.num_timesteps
+
+
+def test_a_callback_that_returns_nothing_is_named(repa_tiny_pipeline):
+    with pytest.raises(ValueError, match="callback_on_step_end` must return a dict.*NoneType at step 0"):
+        repa_tiny_pipeline([1], num_inference_steps=2, output_type="latent", callback_on_step_end=lambda *args: None)
+
+
+def test_samples_in_eval_mode_whatever_mode_it_was_given(repa_tiny_sit, repa_tiny_vae):
+    """A model in train mode (fresh from the constructor, from_config or a training EMA) drops labels at random."""
+    labels = list(range(32))
+    latents = torch.randn(32, 4, 8, 8, generator=torch.manual_seed(0))
+    call = {"num_inference_steps": 3, "latents": latents, "output_type": "latent", "guidance_scale": 1.0}
+    reference = latent_pipeline(repa_tiny_sit, SiTEulerScheduler())(labels, **call).images
+    transformer, vae = copy.deepcopy(repa_tiny_sit).train(), copy.deepcopy(repa_tiny_vae).train()
+    transformer.transformer_blocks[0].eval()  # a mixed mode is given back as it was, too
+    modes = {name: module.training for name, module in transformer.named_modules()}
+    pipe = REPAPipeline(transformer, SiTEulerScheduler(), vae=vae)
+    pipe.set_progress_bar_config(disable=True)
+    for seed in (1, 2):  # label dropout draws from the global generator: two seeds would differ in train mode
+        torch.manual_seed(seed)
+        torch.testing.assert_close(pipe(labels, **call).images, reference, atol=0, rtol=0)
+    pipe([1], num_inference_steps=2, output_type="np")  # through the VAE
+    assert {name: module.training for name, module in transformer.named_modules()} == modes
+    assert vae.training and all(module.training for module in vae.modules())
+
+
+@pytest.mark.parametrize("name", ["no_such_pipeline_folder", "no-such-org/no-such-repo"])
+def test_a_missing_folder_or_repo_is_one_sentence(name):
+    with pytest.raises(ValueError, match=f"There is no folder '{name}'.*not in the local Hub cache"):
+        REPAPipeline.from_pretrained(name, local_files_only=True)
 
 
 def test_low_precision_transformer(repa_tiny_pipeline, repa_tiny_sit):

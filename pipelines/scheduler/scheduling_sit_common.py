@@ -9,6 +9,7 @@ Conventions (REPA's, `sihyun-yu/REPA` `samplers.py`): flow time `t` in [0, 1], `
 The scheduler modules import only torch, diffusers and `flow_paths`, so that they can ship as Hub code (`pipelines/`).
 """
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -106,9 +107,18 @@ class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
             sigmas (`Sequence[float]`, *optional*): A custom decreasing grid in (0, 1] of `num_inference_steps`
                 times, without the final 0 (appended here), as diffusers' `retrieve_timesteps` passes it.
         """
+        if num_inference_steps is not None and (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, numbers.Integral)
+            or num_inference_steps < 1
+        ):
+            raise ValueError(
+                f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r} "
+                f"({type(num_inference_steps).__name__}); pass e.g. `set_timesteps(50)`."
+            )
         if sigmas is None:
-            if num_inference_steps is None or int(num_inference_steps) < 1:
-                raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
+            if num_inference_steps is None:
+                raise ValueError("Pass `num_inference_steps` (an integer >= 1) or `sigmas` to `set_timesteps`.")
             grid = self._default_grid(int(num_inference_steps))
         else:
             times = torch.as_tensor(sigmas, dtype=torch.float64).flatten()

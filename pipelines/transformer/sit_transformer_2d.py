@@ -6,6 +6,8 @@ Built from diffusers' own blocks (`PatchEmbed`, `Timesteps`, `TimestepEmbedding`
 `sihyun-yu/REPA` `models/sit.py` number for number (see `tests/test_sit_transformer_2d.py`).
 """
 
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormZero
 from diffusers.utils import BaseOutput
 from torch import nn
+
+from .strict_loading import StrictLoadingMixin
 
 # name -> (num_layers, hidden size, num_attention_heads, patch_size); the official `SiT_models` table.
 SIT_PRESETS: dict[str, tuple[int, int, int, int]] = {
@@ -75,14 +79,17 @@ class SiTBlock(nn.Module):
         return hidden_states + gate_mlp.unsqueeze(1) * self.ff(norm_hidden_states)
 
 
-class SiTTransformer2DModel(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin):
+class SiTTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin):
     r"""
     The SiT transformer: predicts the velocity of a class-conditional flow, with the hidden states of an early block
     exposed for REPA's representation alignment.
 
     Time follows REPA: `t` in [0, 1], `t = 0` is data and `t = 1` is pure noise; it is embedded as is (not scaled
     by 1000). The unconditional ("null") class is `num_classes`; labels are replaced by it with probability
-    `class_dropout_prob` in train mode only.
+    `class_dropout_prob` in train mode only, so sample in eval mode (`model.eval()`; [`REPAPipeline`] does it).
+
+    `from_pretrained` is strict: weights the config has no place for, or config entries the weights do not fill
+    (e.g. a `num_layers` that disagrees with the saved blocks), raise a `ValueError` instead of a warning.
 
     Args:
         sample_size (`int`, defaults to 32): Height and width of the (latent) input; 32 for 256 px images.
@@ -136,6 +143,27 @@ class SiTTransformer2DModel(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapter
         alignment_depth: int = 8,
     ):
         super().__init__()
+        positive = {
+            "sample_size": sample_size,
+            "patch_size": patch_size,
+            "in_channels": in_channels,
+            "num_layers": num_layers,
+            "num_attention_heads": num_attention_heads,
+            "attention_head_dim": attention_head_dim,
+            "num_classes": num_classes,
+            "alignment_depth": alignment_depth,
+        }
+        if out_channels is not None:
+            positive["out_channels"] = out_channels
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, numbers.Real) or not mlp_ratio > 0:
+            raise ValueError(f"`mlp_ratio` must be a number > 0, got {mlp_ratio!r}.")
+        if isinstance(class_dropout_prob, bool) or not isinstance(class_dropout_prob, numbers.Real):
+            raise ValueError(f"`class_dropout_prob` must be a number in [0, 1), got {class_dropout_prob!r}.")
+        if not 0 <= class_dropout_prob < 1:
+            raise ValueError(f"`class_dropout_prob` must be in [0, 1), got {class_dropout_prob!r}.")
         if sample_size % patch_size != 0:
             raise ValueError(f"`sample_size` ({sample_size}) must be a multiple of `patch_size` ({patch_size}).")
         if not 1 <= alignment_depth <= num_layers:
@@ -249,22 +277,50 @@ class SiTTransformer2DModel(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapter
             )
         if class_labels.ndim != 1 or class_labels.shape[0] != batch:
             raise ValueError(f"`class_labels` must have shape ({batch},), got {tuple(class_labels.shape)}.")
-        if class_labels.is_floating_point():
-            raise ValueError("`class_labels` must be an integer tensor of class ids.")
-        # A value check needs the labels on the host; only done where that is free (CPU, eager).
-        if class_labels.device.type == "cpu" and not torch.compiler.is_compiling():
+        if class_labels.is_floating_point() or class_labels.is_complex() or class_labels.dtype == torch.bool:
+            raise ValueError(f"`class_labels` must be an integer tensor of class ids, got dtype {class_labels.dtype}.")
+        # Value checks need the values on the host; they are only done where that is free (CPU tensors, eager mode),
+        # so that a CUDA or compiled forward never synchronises.
+        if torch.compiler.is_compiling():
+            return
+        if class_labels.device.type == "cpu":
             max_label = self.class_embedder.embedding_table.num_embeddings - 1
             if class_labels.numel() and (class_labels.min() < 0 or class_labels.max() > max_label):
                 raise ValueError(
                     f"`class_labels` must be in [0, {max_label}] ({self.config.num_classes} is the null class), got "
                     f"values in [{int(class_labels.min())}, {int(class_labels.max())}]."
                 )
+        if timestep.device.type == "cpu" and timestep.numel():
+            times = timestep if timestep.is_floating_point() else timestep.double()
+            if not torch.isfinite(times).all() or times.min() < 0 or times.max() > 1:
+                raise ValueError(
+                    f"`timestep` must be flow time t in [0, 1] (t = 1 pure noise), got values in "
+                    f"[{float(times.min())}, {float(times.max())}]: do not scale it by 1000 as diffusers' FlowMatch "
+                    "schedulers do (the SiT schedulers' `timesteps` can be passed as they are)."
+                )
+
+    @staticmethod
+    def _labels_to_tensor(class_labels: Any, batch: int, device: torch.device) -> torch.Tensor:
+        """Class ids given as an int (one for the whole batch), a list/tuple of ints or a NumPy array -> LongTensor."""
+        if isinstance(class_labels, numbers.Integral) and not isinstance(class_labels, bool):
+            return torch.full((batch,), int(class_labels), dtype=torch.long, device=device)
+        values = class_labels.tolist() if hasattr(class_labels, "tolist") else class_labels
+        if (
+            not isinstance(values, Sequence)
+            or isinstance(values, str)
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values)
+        ):
+            raise ValueError(
+                "`class_labels` must be a 1-D integer tensor, a list or NumPy array of integer class ids, or one int "
+                f"for the whole batch; got {class_labels!r}."
+            )
+        return torch.tensor([int(v) for v in values], dtype=torch.long, device=device)
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         timestep: torch.Tensor | float,
-        class_labels: torch.LongTensor,
+        class_labels: torch.LongTensor | Sequence[int] | int,
         return_dict: bool = True,
         output_alignment_states: bool = False,
     ) -> SiTTransformer2DModelOutput | tuple[torch.Tensor, ...]:
@@ -275,9 +331,12 @@ class SiTTransformer2DModel(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapter
             hidden_states (`torch.Tensor` of shape `(batch_size, in_channels, sample_size, sample_size)`):
                 The noisy input x_t (scaled latents, or pixels in [-1, 1] for a pixel-space model).
             timestep (`torch.Tensor` of shape `(batch_size,)` or a float):
-                Flow time t in [0, 1], t = 1 pure noise; passed to the embedding as is.
-            class_labels (`torch.LongTensor` of shape `(batch_size,)`):
-                Class ids in [0, num_classes]; `num_classes` is the unconditional class.
+                Flow time t in [0, 1], t = 1 pure noise; passed to the embedding as is (not x1000: values outside
+                [0, 1] raise a `ValueError` for CPU tensors in eager mode).
+            class_labels (`torch.LongTensor` of shape `(batch_size,)`, a list or NumPy array of ints, or an int):
+                Class ids in [0, num_classes]; `num_classes` is the unconditional class. A list or array is turned
+                into a LongTensor on the input's device, an int is used for the whole batch; floats and bools raise
+                a `ValueError`. Out-of-range ids raise for CPU tensors in eager mode.
             return_dict (`bool`, defaults to `True`): Return a [`SiTTransformer2DModelOutput`] instead of a tuple.
             output_alignment_states (`bool`, defaults to `False`):
                 Also return the hidden states after block `alignment_depth` (shape `(batch, tokens, hidden)`).
@@ -288,6 +347,8 @@ class SiTTransformer2DModel(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapter
         if not torch.is_tensor(timestep) or timestep.ndim == 0:
             timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(1)
             timestep = timestep.expand(hidden_states.shape[0])
+        if not torch.is_tensor(class_labels):
+            class_labels = self._labels_to_tensor(class_labels, hidden_states.shape[0], hidden_states.device)
         self._check_inputs(hidden_states, timestep, class_labels)
 
         height, width = hidden_states.shape[-2:]

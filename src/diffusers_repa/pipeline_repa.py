@@ -5,12 +5,15 @@ This module imports only the standard library, torch, diffusers and huggingface_
 as Hub code for plain-diffusers users (`pipelines/`, `save_pretrained(..., hub_code=True)`).
 """
 
+import contextlib
 import difflib
 import inspect
 import json
+import math
+import numbers
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
 # The ImageNet-1k class names in synset order (id -> "name, synonym, ..."), shipped with the package.
 IMAGENET_LABELS_FILE = Path(__file__).with_name("labels") / "imagenet.json"
@@ -45,7 +49,8 @@ class REPAPipeline(DiffusionPipeline):
     (`uncond + s * (cond - uncond)` on all channels, cond and uncond batched together) only when
     `guidance_scale > 1` and `low <= t <= high` for the scheduler's `guidance_time` (the Heun corrector reuses its
     step's decision). The final latents are mapped back with `(latents - latent_shift) / latent_scale` and decoded by
-    the VAE, or, without a VAE, taken as pixels in [-1, 1].
+    the VAE, or, without a VAE, taken as pixels in [-1, 1]. A call runs the transformer and the VAE in eval mode
+    whatever mode they are in (so no class label is dropped), and gives every submodule its mode back afterwards.
 
     Args:
         transformer ([`SiTTransformer2DModel`]): Predicts the velocity; its `num_classes` is the null label.
@@ -118,8 +123,8 @@ class REPAPipeline(DiffusionPipeline):
         Map class labels to ids in [0, num_classes] (`num_classes` is the unconditional "null" class).
 
         Args:
-            class_labels: An id, a class name (any comma-separated synonym of `id2label`, case-insensitive), a list
-                mixing both, or a 1-D integer tensor.
+            class_labels: An id (a Python or NumPy integer), a class name (any comma-separated synonym of `id2label`,
+                case-insensitive), a list mixing both, or a 1-D integer tensor or NumPy array.
 
         Returns:
             `list[int]`: one id per label.
@@ -127,9 +132,11 @@ class REPAPipeline(DiffusionPipeline):
         Raises:
             `ValueError`: for unknown or ambiguous names (with close matches) and ids out of range.
         """
+        if hasattr(class_labels, "__array__") and not torch.is_tensor(class_labels):  # a NumPy array or scalar
+            class_labels = torch.as_tensor(class_labels)
         if torch.is_tensor(class_labels):
-            if class_labels.ndim > 1 or class_labels.is_floating_point():
-                raise ValueError(f"A `class_labels` tensor must be 1-D of integers, got {class_labels}.")
+            if class_labels.ndim > 1 or class_labels.is_floating_point() or class_labels.dtype == torch.bool:
+                raise ValueError(f"A `class_labels` tensor or array must be 1-D of integers, got {class_labels}.")
             class_labels = class_labels.flatten().tolist()
         elif not isinstance(class_labels, Sequence) or isinstance(class_labels, str):
             class_labels = [class_labels]
@@ -141,12 +148,12 @@ class REPAPipeline(DiffusionPipeline):
         for label in class_labels:
             if isinstance(label, str):
                 ids.append(self._name_to_id(label))
-            elif isinstance(label, int) and not isinstance(label, bool):
+            elif isinstance(label, numbers.Integral) and not isinstance(label, bool):  # int, np.int64, ...
                 if not 0 <= label <= num_classes:
                     raise ValueError(
                         f"Class id {label} is outside [0, {num_classes}] ({num_classes} is the unconditional class)."
                     )
-                ids.append(label)
+                ids.append(int(label))
             else:
                 raise ValueError(f"Class labels must be ints or names, got {label!r} ({type(label).__name__}).")
         return ids
@@ -179,8 +186,15 @@ class REPAPipeline(DiffusionPipeline):
         """Raise a `ValueError` for any invalid argument, before any work is done."""
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
-        if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool) or guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be a number >= 0 (1 disables guidance), got {guidance_scale!r}.")
+        if (
+            not isinstance(guidance_scale, numbers.Real)
+            or isinstance(guidance_scale, bool)
+            or not math.isfinite(guidance_scale)
+            or guidance_scale < 0
+        ):
+            raise ValueError(
+                f"`guidance_scale` must be a finite number >= 0 (1 disables guidance), got {guidance_scale!r}."
+            )
         if (
             not isinstance(guidance_interval, Sequence)
             or len(guidance_interval) != 2
@@ -191,10 +205,16 @@ class REPAPipeline(DiffusionPipeline):
                 f"`guidance_interval` must be (low, high) with 0 <= low <= high <= 1 (in flow time t, t = 1 noise), "
                 f"got {guidance_interval!r}."
             )
-        if latents is not None and tuple(latents.shape) != latents_shape:
-            raise ValueError(
-                f"`latents` must have shape {latents_shape} (one per class label), got {tuple(latents.shape)}."
-            )
+        if latents is not None:
+            if not torch.is_tensor(latents) or not latents.is_floating_point():
+                raise ValueError(f"`latents` must be a floating-point tensor, got {type(latents).__name__}.")
+            if tuple(latents.shape) != latents_shape:
+                raise ValueError(
+                    f"`latents` must have shape {latents_shape} (one per class label), got {tuple(latents.shape)}."
+                )
+            if not torch.isfinite(latents).all():
+                bad = int((~torch.isfinite(latents)).sum())
+                raise ValueError(f"`latents` holds {bad} NaN or infinite values: pass finite initial noise.")
         if noise_sampler is not None and not callable(noise_sampler):
             raise ValueError("`noise_sampler` must be a callable `(step_index, sample) -> noise`.")
         if output_type not in OUTPUT_TYPES:
@@ -269,8 +289,8 @@ class REPAPipeline(DiffusionPipeline):
                 [0, 1], NCHW) or `"latent"` (the final state, in the scheduler's `state_dtype`).
             return_dict (`bool`, defaults to `True`): Return an [`ImagePipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, [`PipelineCallback`] or [`MultiPipelineCallbacks`], *optional*): Called
-                after every model call as `callback_on_step_end(self, i, t, callback_kwargs)`; returned tensors (e.g.
-                `latents`) replace the pipeline's.
+                after every model call as `callback_on_step_end(self, i, t, callback_kwargs)` and must return a dict
+                (usually `callback_kwargs`); returned tensors (e.g. `latents`) replace the pipeline's.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): Tensors passed in
                 `callback_kwargs`.
 
@@ -321,7 +341,8 @@ class REPAPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
 
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
+        # Eval mode whatever the caller's (a model built in train mode would drop class labels at random).
+        with self._eval_mode(), self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
@@ -345,6 +366,11 @@ class REPAPipeline(DiffusionPipeline):
                     tensors = {"latents": latents}
                     callback_kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    if not isinstance(callback_outputs, dict):
+                        raise ValueError(
+                            f"`callback_on_step_end` must return a dict (the `callback_kwargs` it was given, changed "
+                            f"or not), but returned {type(callback_outputs).__name__} at step {i}."
+                        )
                     latents = callback_outputs.pop("latents", latents)
                 progress_bar.update()
 
@@ -353,12 +379,26 @@ class REPAPipeline(DiffusionPipeline):
         else:
             image = self._unscale_latents(latents)
             if self.vae is not None:
-                image = self.vae.decode(image.to(device=device, dtype=self.vae.dtype), return_dict=False)[0]
+                with self._eval_mode():
+                    image = self.vae.decode(image.to(device=device, dtype=self.vae.dtype), return_dict=False)[0]
             image = self.image_processor.postprocess(image.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (image,)
         return ImagePipelineOutput(images=image)
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Put the transformer and the VAE in eval mode, and give every submodule its own mode back afterwards."""
+        roots = [module for module in (self.transformer, self.vae) if isinstance(module, torch.nn.Module)]
+        modes = [(module, module.training) for root in roots for module in root.modules()]
+        for root in roots:
+            root.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes:
+                module.training = training
 
     def _unscale_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """`(latents - latent_shift) / latent_scale`, per channel when the config holds lists."""
@@ -376,15 +416,35 @@ class REPAPipeline(DiffusionPipeline):
         transformers, which every `save_pretrained` folder of this pipeline does; `from_pretrained(repo_id)` calls
         this instead. Honours `revision`, `cache_dir`, `token`, `local_files_only`, `force_download` and the
         `HF_HUB_OFFLINE` / `HF_HUB_CACHE` environment variables.
+
+        Raises:
+            `ValueError`: when `pretrained_model_name` is neither an existing folder nor a repo that can be found.
         """
-        return snapshot_download(
-            pretrained_model_name,
-            revision=kwargs.get("revision"),
-            cache_dir=kwargs.get("cache_dir"),
-            token=kwargs.get("token"),
-            local_files_only=bool(kwargs.get("local_files_only", False)),
-            force_download=bool(kwargs.get("force_download", False)),
-        )
+        missing = f"There is no folder {str(pretrained_model_name)!r}"
+        try:
+            return snapshot_download(
+                pretrained_model_name,
+                revision=kwargs.get("revision"),
+                cache_dir=kwargs.get("cache_dir"),
+                token=kwargs.get("token"),
+                local_files_only=bool(kwargs.get("local_files_only", False)),
+                force_download=bool(kwargs.get("force_download", False)),
+            )
+        except HFValidationError:
+            raise ValueError(
+                f"{missing}, and it is not a Hub repo id either ('org/name'): pass a folder written by "
+                "`REPAPipeline.save_pretrained` (check the path) or a Hub repo id."
+            ) from None
+        except LocalEntryNotFoundError:
+            raise ValueError(
+                f"{missing}, and the Hub repo {pretrained_model_name!r} is not in the local Hub cache while the Hub "
+                "is offline (HF_HUB_OFFLINE) or unreachable: check the path, or download the repo first."
+            ) from None
+        except RepositoryNotFoundError:
+            raise ValueError(
+                f"{missing}, and there is no Hub repo {pretrained_model_name!r} (or it is private or gated: log in "
+                "with `hf auth login`): check the path or the repo id."
+            ) from None
 
     def save_pretrained(self, save_directory: str | os.PathLike, hub_code: bool = False, **kwargs: Any) -> None:
         """
