@@ -191,3 +191,77 @@ class TestMalformedCheckpoints:
         )
         assert result.returncode == 2 and "not loaded" in result.stderr and "Traceback" not in result.stderr
         assert not marker.exists()
+
+    def test_an_empty_file_is_named_not_an_index_error(self, tmp_path, capsys):
+        path = tmp_path / "last.pt"
+        path.write_bytes(b"")
+        with pytest.raises(CheckpointError, match=r"empty \(0 bytes\)"):
+            load_official_checkpoint(path)
+        assert main(["--checkpoint", str(path), "--output_dir", str(tmp_path / "out")]) == 2
+        assert "0 bytes" in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()
+
+    def test_an_error_without_a_message_is_reported(self, tmp_path, monkeypatch):
+        path = tmp_path / "last.pt"
+        path.write_bytes(b"\x80")
+
+        def fails(*args, **kwargs):
+            raise EOFError()
+
+        monkeypatch.setattr(torch, "load", fails)
+        with pytest.raises(CheckpointError, match=r"not a readable PyTorch checkpoint \(EOFError\)"):
+            load_official_checkpoint(path)
+
+
+class TestOutputFolder:
+    """A non-empty --output_dir is refused without --overwrite, and replaced whole with it."""
+
+    def test_refused_then_replaced_whole(self, official, tmp_path, capsys):
+        sd, _ = official
+        with_projector, without_projector = tmp_path / "with.pt", tmp_path / "without.pt"
+        torch.save(sd, with_projector)
+        torch.save({k: v for k, v in sd.items() if not k.startswith("projectors.")}, without_projector)
+        out = tmp_path / "converted"
+        base = ["--output_dir", str(out), "--num_attention_heads", "6", "--alignment_depth", "3"]
+        assert main(["--checkpoint", str(with_projector), *base]) == 0
+        assert (out / "projector").is_dir()
+        before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+        capsys.readouterr()
+
+        # Refused before any work: the earlier conversion is untouched.
+        assert main(["--checkpoint", str(without_projector), *base]) == 2
+        assert "is not empty" in capsys.readouterr().err
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+        # With --overwrite the folder is replaced whole: no stale projector/, no stray files, no staging folders.
+        (out / "notes.txt").write_text("from the earlier run")
+        assert main(["--checkpoint", str(without_projector), *base, "--overwrite"]) == 0
+        assert sorted(p.name for p in out.iterdir()) == ["transformer"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "with.pt", "without.pt"]
+        assert SiTTransformer2DModel.from_pretrained(out / "transformer").config.num_layers == 5
+
+    def test_an_empty_folder_is_fine_and_the_checkpoint_is_never_deleted(self, official, tmp_path, capsys):
+        out = tmp_path / "out"
+        out.mkdir()
+        checkpoint = out / "last.pt"
+        torch.save(official[0], checkpoint)
+        argv = ["--checkpoint", str(checkpoint), "--output_dir", str(out), "--num_attention_heads", "6",
+                "--alignment_depth", "3", "--overwrite"]
+        assert main(argv) == 2
+        assert "lies inside" in capsys.readouterr().err and checkpoint.exists()
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        assert main([*argv[:2], "--output_dir", str(empty), *argv[4:-1]]) == 0
+        assert (empty / "transformer").is_dir()
+
+    def test_to_official_does_not_overwrite_a_file_unasked(self, official, tmp_path, capsys):
+        transformer, _ = convert_official_state_dict(official[0], num_attention_heads=6, alignment_depth=3)
+        transformer.save_pretrained(tmp_path / "model" / "transformer")
+        target = tmp_path / "last.pt"
+        target.write_text("keep me")
+        argv = ["--to_official", "--model_dir", str(tmp_path / "model"), "--output", str(target)]
+        assert main(argv) == 2
+        assert "already exists" in capsys.readouterr().err and target.read_text() == "keep me"
+        assert main([*argv, "--overwrite"]) == 0
+        assert "blocks.0.attn.qkv.weight" in torch.load(target, weights_only=True)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "model"]

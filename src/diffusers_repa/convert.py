@@ -9,12 +9,18 @@ python -m diffusers_repa.convert --checkpoint pretrained_models/last.pt --output
 python -m diffusers_repa.convert --checkpoint exps/run/checkpoints/0400000.pt --output_dir out --use_raw
 python -m diffusers_repa.convert --to_official --model_dir sit-xl-2-repa --output last.pt
 ```
+
+The CLI refuses to write into a non-empty `--output_dir` (or over an existing `--output`) unless `--overwrite` is
+given; then the folder is replaced whole (nothing of an earlier conversion, such as a stale `projector/`, is kept):
+the new folder is written beside it and swapped in only once complete.
 """
 
 import argparse
 import math
+import os
 import pickle
 import re
+import shutil
 import sys
 import warnings
 from collections.abc import Mapping
@@ -54,6 +60,12 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be converted; the message says why and what to do."""
 
 
+def _first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def load_official_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     Load an official checkpoint without executing arbitrary pickle code.
@@ -72,6 +84,10 @@ def load_official_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"No checkpoint file at {path}.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"{path} is empty (0 bytes): the download or copy was probably cut short; fetch the checkpoint again."
+        )
     try:
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol notes on non-torch files; the outcome is reported below
@@ -80,12 +96,12 @@ def load_official_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} holds objects other than tensors, plain containers and argparse.Namespace, so it was not "
             f"loaded (no code from it was run). Only checkpoints from the official REPA code are accepted. "
-            f"Details: {str(error).splitlines()[0]}"
+            f"Details: {_first_line(error)}"
         ) from None
     except Exception as error:  # torch.load raises many types on arbitrary bytes; all mean 'not a checkpoint'
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {str(error).splitlines()[0]}). "
-            "Pass the `.pt` file saved by the official REPA code."
+            f"{path} is not a readable PyTorch checkpoint ({_first_line(error)}). "
+            "Pass the `.pt` file saved by the official REPA code (a truncated download gives this error too)."
         ) from None
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a state dict or training checkpoint.")
@@ -350,7 +366,58 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--vae", help="AutoencoderKL folder or repo id: write a complete REPAPipeline folder (SDE scheduler) instead"
     )
     parser.add_argument("--hub_code", action="store_true", help="with --vae: also ship code for plain diffusers")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --output_dir whole (or an existing --output file); refused without it",
+    )
     return parser.parse_args(argv)
+
+
+def _check_destination(path: Path, overwrite: bool, flag: str, keep: Path | None = None) -> None:
+    """Refuse to write over a non-empty folder or an existing file unless `overwrite`; never delete `keep`."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink():
+        contents = sorted(entry.name for entry in path.iterdir())
+        if not contents:
+            return
+        if not overwrite:
+            shown = ", ".join(contents[:5]) + (f" and {len(contents) - 5} more" if len(contents) > 5 else "")
+            raise CheckpointError(
+                f"{flag} {path} is not empty (holds {shown}): pass --overwrite to replace it whole, or choose "
+                "another folder."
+            )
+        if keep is not None and keep.resolve().is_relative_to(path.resolve()):
+            raise CheckpointError(
+                f"The checkpoint {keep} lies inside {flag} {path}, which --overwrite would delete: choose another "
+                "folder."
+            )
+    elif not overwrite:
+        raise CheckpointError(f"{flag} {path} already exists: pass --overwrite to replace it, or choose another name.")
+
+
+def _replace_whole(destination: Path, write: Any) -> None:
+    """
+    Call `write(folder)` on a fresh folder beside `destination`, then swap it in: an earlier `destination` is
+    replaced whole (no stale files survive), and a failed or interrupted write leaves `destination` as it was.
+    """
+    destination = destination.absolute()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = destination.with_name(f".{destination.name}.converting-{os.getpid()}")
+    retired = destination.with_name(f".{destination.name}.replaced-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        write(staging)
+        if destination.is_symlink() or destination.is_file():
+            destination.unlink()
+        elif destination.exists():
+            os.replace(destination, retired)
+        os.replace(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,14 +426,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.to_official:
             if args.model_dir is None or args.output is None:
                 raise CheckpointError("--to_official needs --model_dir and --output.")
+            _check_destination(args.output, args.overwrite, "--output")
             transformer = SiTTransformer2DModel.from_pretrained(args.model_dir / "transformer")
             projector_dir = args.model_dir / "projector"
             projector = REPAProjector.from_pretrained(projector_dir) if projector_dir.is_dir() else None
-            torch.save(diffusers_to_official_state_dict(transformer, projector), args.output)
+            temporary = args.output.with_name(f".{args.output.name}.tmp-{os.getpid()}")
+            try:
+                torch.save(diffusers_to_official_state_dict(transformer, projector), temporary)
+                os.replace(temporary, args.output)
+            finally:
+                temporary.unlink(missing_ok=True)
             print(f"Wrote the official-layout state dict to {args.output}")
             return 0
         if args.checkpoint is None or args.output_dir is None:
             raise CheckpointError("Pass --checkpoint and --output_dir (or --to_official).")
+        _check_destination(args.output_dir, args.overwrite, "--output_dir", keep=args.checkpoint)
         overrides = {
             name: value
             for name in ("num_attention_heads", "alignment_depth", "sample_size")
@@ -378,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    pipeline = None
     if args.vae is not None:
         from diffusers import AutoencoderKL
 
@@ -386,13 +461,20 @@ def main(argv: list[str] | None = None) -> int:
 
         vae = AutoencoderKL.from_pretrained(args.vae)
         pipeline = REPAPipeline(transformer, SiTEulerMaruyamaScheduler(), vae=vae)
-        pipeline.save_pretrained(args.output_dir, hub_code=args.hub_code)
+
+    def write(folder: Path) -> None:
+        if pipeline is not None:
+            pipeline.save_pretrained(folder, hub_code=args.hub_code)
+        else:
+            transformer.save_pretrained(folder / "transformer")
+        if projector is not None:
+            projector.save_pretrained(folder / "projector")
+
+    _replace_whole(args.output_dir, write)
+    if pipeline is not None:
         print(f"Wrote the pipeline {args.output_dir} (transformer, SDE scheduler, VAE from {args.vae})")
-    else:
-        transformer.save_pretrained(args.output_dir / "transformer")
     print(f"Wrote {args.output_dir / 'transformer'} ({transformer.num_parameters():,} parameters)")
     if projector is not None:
-        projector.save_pretrained(args.output_dir / "projector")
         print(f"Wrote {args.output_dir / 'projector'} (z_dims {list(projector.config.z_dims)})")
     return 0
 
