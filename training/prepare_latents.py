@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,6 +50,7 @@ from tqdm.auto import tqdm
 
 from diffusers_repa.alignment import AlignmentEncoder
 from diffusers_repa.data import ImageTransform, SkippedImages, load_image_dataset
+from diffusers_repa.training_utils import StopSignal, ignore_stop_signals, write_json_atomically
 
 logger = get_logger(__name__)
 
@@ -198,6 +200,7 @@ def encode_shard(
         batch_size=args.batch_size,
         num_workers=args.dataloader_num_workers,
         collate_fn=transform.collate,
+        worker_init_fn=ignore_stop_signals,  # a stop signal is handled by the main process, between shards
     )
     columns = {"image": [], "label": []}
     for batch in loader:
@@ -221,12 +224,15 @@ def encode_shard(
 def write_atomically(table: datasets.Dataset, path: Path) -> None:
     """Write a parquet file under a temporary name, flush it to disk, then rename it into place."""
     temporary = path.with_name(f".{path.name}.tmp")
-    # Content-defined chunking (datasets' default, for Xet deduplication of edited files) makes writing ~3x slower;
-    # these shards are written once.
-    table.to_parquet(str(temporary), use_content_defined_chunking=False)
-    with open(temporary, "rb") as file:
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    try:
+        # Content-defined chunking (datasets' default, for Xet deduplication of edited files) makes writing ~3x
+        # slower; these shards are written once.
+        table.to_parquet(str(temporary), use_content_defined_chunking=False)
+        with open(temporary, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def write_dataset_card(output_dir: Path, args: argparse.Namespace, features: datasets.Features, stats: dict) -> None:
@@ -258,23 +264,28 @@ Train with `python training/train_repa.py --dataset_name <this dataset> --resolu
 
 
 def main(args: argparse.Namespace) -> None:
+    """Prepare the dataset. SIGTERM, SIGINT and SIGUSR1 stop after the current shard (a second Ctrl-C discards it)."""
+    with StopSignal() as stop:
+        prepare(args, stop)
+
+
+def prepare(args: argparse.Namespace, stop: StopSignal) -> None:
     accelerator = Accelerator()
     output_dir = Path(args.output_dir)
     (output_dir / "data").mkdir(parents=True, exist_ok=True)
     (output_dir / ".stats").mkdir(exist_ok=True)
     if not accelerator.is_local_main_process:
         datasets.disable_progress_bars()
-    # Resuming into a folder made with other settings would mix incompatible shards.
+    # Resuming into a folder made with other settings would mix incompatible shards. (The settings are written when
+    # the models have loaded, so that a run that failed on a mistyped option does not block the corrected one.)
     settings = {name: getattr(args, name) for name in RESUME_SETTINGS}
     settings_file = output_dir / ".stats" / "settings.json"
-    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
+    has_shards = any((output_dir / "data").glob("train-*.parquet"))
+    if has_shards and settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
         raise ValueError(
             f"{output_dir} holds shards prepared with other settings ({settings_file.read_text().strip()}): use a new "
             "--output_dir, or the same settings to resume."
         )
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        settings_file.write_text(json.dumps(settings))
 
     dataset = load_image_dataset(
         dataset_name=args.dataset_name,
@@ -301,6 +312,9 @@ def main(args: argparse.Namespace) -> None:
         side = args.resolution // downsample
         moments_shape = (2 * vae.config.latent_channels, side, side)
     features = output_features(dataset.features, args.label_column, moments_shape, encoders)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomically(settings_file, settings)
 
     done = {int(path.stem.split("-")[1]) for path in (output_dir / "data").glob("train-*.parquet")}
 
@@ -317,17 +331,27 @@ def main(args: argparse.Namespace) -> None:
     for shard, rows in iter_source_shards(dataset, args.shard_size, is_wanted, args.max_samples):
         skipped = SkippedImages()
         columns = encode_shard(rows, args, vae, encoders, device, skipped)
+        stats = {"rows": len(columns["label"]), "skipped": dict(skipped.counts)}
+        write_json_atomically(output_dir / ".stats" / f"shard-{shard:05d}.json", stats)  # before its shard
         write_atomically(
             datasets.Dataset.from_dict(columns, features=features), output_dir / "data" / SHARD_PATTERN.format(shard)
         )
-        stats = {"rows": len(columns["label"]), "skipped": dict(skipped.counts)}
-        (output_dir / ".stats" / f"shard-{shard:05d}.json").write_text(json.dumps(stats))
         if skipped.total:
             logger.warning(f"Shard {shard}: {skipped}", main_process_only=False)
         progress.update(1)
+        if stop.received:
+            break
     progress.close()
 
     accelerator.wait_for_everyone()
+    if stop.should_stop(accelerator):  # any process stopped: the dataset is incomplete
+        done = len(list((output_dir / "data").glob("train-*.parquet")))
+        accelerator.print(
+            f"Stopped by {stop.received or 'a signal to another process'}: {done} shards are complete in "
+            f"{output_dir / 'data'}. Run the same command again to encode the rest."
+        )
+        accelerator.end_training()
+        return
     if accelerator.is_main_process:
         totals = {"rows": 0, "skipped": Counter()}
         for path in (output_dir / ".stats").glob("shard-*.json"):
@@ -358,4 +382,8 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except KeyboardInterrupt:  # a second Ctrl-C: the shard being encoded is discarded
+        print("Interrupted: the shard being encoded was discarded; run the same command to resume.", file=sys.stderr)
+        sys.exit(130)

@@ -24,8 +24,7 @@ import json
 import logging
 import math
 import os
-import re
-import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from diffusers.training_utils import EMAModel
 from huggingface_hub import create_repo, upload_folder
 from peft import LoraConfig, set_peft_model_state_dict
 from PIL import Image
+from prepare_latents import FEATURES_PREFIX, MOMENTS_COLUMN, features_column
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
@@ -60,13 +60,49 @@ from diffusers_repa.alignment import AlignmentEncoder, REPALoss, check_compatibi
 from diffusers_repa.data import ImageTransform, SkippedImages, load_image_dataset, load_rgb_image, sample_posterior
 from diffusers_repa.model_card import LORA_WEIGHT_NAME, build_model_card
 from diffusers_repa.sample import caption, image_generators, make_grid, to_uint8
-from prepare_latents import FEATURES_PREFIX, MOMENTS_COLUMN, features_column
+from diffusers_repa.training_utils import (
+    RESUME_HISTORY,
+    TRAINING_ARGS,
+    TRAINING_STATE,
+    CheckpointError,
+    StopSignal,
+    check_output_dir,
+    checkpoints_after,
+    compare_resume_args,
+    find_resume_checkpoint,
+    ignore_stop_signals,
+    list_checkpoints,
+    move_aside,
+    on_main_process,
+    remove_incomplete_checkpoints,
+    remove_run_outputs,
+    save_checkpoint,
+    value_history,
+    with_resume_history,
+    write_json_atomically,
+)
 
 logger = get_logger(__name__)
 
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-TRAINING_STATE = "training_state.json"
 LORA_TARGET_MODULES = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
+# What the trainer writes in --output_dir besides checkpoints and training_args.json (--overwrite_output_dir
+# removes them).
+RUN_OUTPUTS = (
+    "transformer", "projector", "scheduler", "vae", "model_index.json", "README.md", "sample_grid.png", "samples",
+    LORA_WEIGHT_NAME,
+)  # fmt: skip
+# Options a resume may change: they are applied from the first resumed step (and recorded in training_args.json).
+# Any other changed option stops the resume, except these, which are not compared.
+RESUME_CAN_CHANGE = (
+    "learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1", "adam_beta2", "adam_weight_decay",
+    "adam_epsilon", "max_grad_norm", "ema_decay", "max_train_steps", "num_train_epochs", "proj_coeff",
+    "proj_coeff_schedule", "alignment_stop_step", "checkpointing_steps", "checkpoints_total_limit", "validation_steps",
+    "validation_class_labels", "validation_num_inference_steps", "validation_guidance_scale", "logging_dir",
+    "report_to", "tracker_project_name", "push_to_hub", "push_checkpoints_to_hub", "hub_model_id", "hub_private_repo",
+    "dataloader_num_workers", "cache_dir", "vae", "vae_subfolder", "allow_tf32", "gradient_checkpointing",
+    "torch_compile",
+)  # fmt: skip
+RESUME_NOT_COMPARED = ("config", "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "encoders")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -84,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--model", default="SiT-XL/2", choices=list(SIT_PRESETS), help="Official SiT preset.")
     model.add_argument(
         "--model_kwargs",
-        type=json.loads,
+        type=json_object,
         default={},
         help='JSON overrides of the preset\'s config, e.g. \'{"num_layers": 6, "attention_head_dim": 32}\'.',
     )
@@ -194,7 +230,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     output.add_argument("--tracker_project_name", "--exp_name", default="repa")
     output.add_argument("--checkpointing_steps", type=int, default=50_000)
     output.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep only the newest N.")
-    output.add_argument("--resume_from_checkpoint", default=None, help='A checkpoint folder, or "latest".')
+    output.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help='A checkpoint folder, or "latest" (the newest complete one; a new run if there is none).',
+    )
+    output.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Delete an earlier run's checkpoints and outputs in --output_dir, then start a new run there.",
+    )
     output.add_argument("--validation_steps", "--sampling_steps", type=int, default=10_000)
     output.add_argument(
         "--validation_class_labels", type=int, nargs="+", default=None, help="Default: 8 classes spread evenly."
@@ -216,8 +261,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     if (args.dataset_name is None) == (args.train_data_dir is None):
         parser.error("pass exactly one of --dataset_name and --train_data_dir.")
-    if args.proj_coeff < 0:
-        parser.error("--proj_coeff must be >= 0.")
     args.encoders = [name.strip() for name in args.encoder.split(",") if name.strip().lower() not in ("", "none")]
     if args.proj_coeff > 0 and not args.encoders:
         parser.error("--proj_coeff > 0 needs an alignment --encoder (or pass --proj_coeff 0 for a plain SiT).")
@@ -225,10 +268,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--lora_rank fine-tunes a pretrained SiT: pass --pretrained_model_name_or_path.")
     if args.push_checkpoints_to_hub and not args.push_to_hub:
         parser.error("--push_checkpoints_to_hub needs --push_to_hub.")
-    for option in ("batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps"):
-        if getattr(args, option) <= 0:
-            parser.error(f"--{option} must be positive.")
+    if args.overwrite_output_dir and args.resume_from_checkpoint is not None:
+        parser.error("--overwrite_output_dir starts a new run: it cannot be combined with --resume_from_checkpoint.")
+    for option, (is_valid, requirement) in _RANGES.items():
+        value = getattr(args, option)
+        if value is not None and not is_valid(value):
+            parser.error(f"--{option} must be {requirement}, got {value}.")
     return args
+
+
+_POSITIVE = (
+    "batch_size", "gradient_accumulation_steps", "max_train_steps", "num_train_epochs", "checkpointing_steps",
+    "checkpoints_total_limit", "validation_steps", "validation_num_inference_steps", "resolution", "projector_dim",
+    "alignment_depth", "num_classes", "lora_rank",
+)  # fmt: skip
+# Valid values of the numeric options (None, where allowed, means "not set"); NaN fails every check.
+_RANGES: dict[str, tuple[Any, str]] = {
+    **{name: (lambda value: value > 0, "a positive integer") for name in _POSITIVE},
+    **{name: (lambda value: value >= 0, ">= 0") for name in ("lr_warmup_steps", "alignment_stop_step")},
+    "dataloader_num_workers": (lambda value: value >= 0, ">= 0"),
+    "learning_rate": (lambda value: 0 < value < math.inf, "a positive number"),
+    "lora_alpha": (lambda value: 0 < value < math.inf, "a positive number"),
+    "ema_decay": (lambda value: 0 <= value < 1, "in [0, 1) (e.g. 0.9999)"),
+    "cfg_prob": (lambda value: 0 <= value < 1, "in [0, 1)"),
+    "adam_beta1": (lambda value: 0 <= value < 1, "in [0, 1)"),
+    "adam_beta2": (lambda value: 0 <= value < 1, "in [0, 1)"),
+    "proj_coeff": (lambda value: 0 <= value < math.inf, ">= 0"),
+    "adam_weight_decay": (lambda value: 0 <= value < math.inf, ">= 0"),
+    "adam_epsilon": (lambda value: 0 <= value < math.inf, ">= 0"),
+    "max_grad_norm": (lambda value: not math.isnan(value), "a number (<= 0 disables clipping)"),
+    "latent_scale": (lambda value: math.isfinite(value) and value != 0, "a finite non-zero number"),
+    "latent_shift": (math.isfinite, "a finite number"),
+    "validation_guidance_scale": (math.isfinite, "a finite number"),
+}
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type of `--model_kwargs`: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"num_layers\": 6}}', got {text!r}")
+    return value
 
 
 def _read_config(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
@@ -241,7 +324,7 @@ def _read_config(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
         parser.error(f"{path}: unknown option(s) {', '.join(unknown)}.")
     for name, value in values.items():
         convert = actions[name].type
-        if convert is not None and convert is not json.loads and isinstance(value, str):
+        if convert is not None and convert is not json_object and isinstance(value, str):
             values[name] = convert(value)
     return values
 
@@ -346,97 +429,103 @@ def load_training_data(args: argparse.Namespace) -> tuple[datasets.Dataset, dict
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Checkpoints
+# Runs and resumes
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (`checkpoint-N` with its training state), oldest first."""
-    found = []
-    for path in output_dir.glob("checkpoint-*"):
-        match = CHECKPOINT_PATTERN.match(path.name)
-        if match and (path / TRAINING_STATE).is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def _fsync_tree(path: Path) -> None:
-    """Flush every file and folder under `path` (and `path` itself) to disk."""
-    for root, _, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as file:
-                os.fsync(file.fileno())
-        _fsync_dir(Path(root))
-
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _remove(path: Path) -> None:
-    """Delete a folder so that a crash midway never leaves a partial `checkpoint-N`: rename it away first."""
-    doomed = path.with_name(f".{path.name}.deleting")
-    os.replace(path, doomed)
-    shutil.rmtree(doomed)
-
-
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict[str, Any], total_limit: int | None) -> Path:
+def prepare_output_dir(accelerator: Accelerator, args: argparse.Namespace, output_dir: Path) -> Path | None:
     """
-    `accelerator.save_state` into `.checkpoint-N.tmp`, flushed to disk, then renamed to `checkpoint-N`: a crash at any
-    point leaves either the complete checkpoint or a hidden temporary folder that is never resumed from. Older
-    checkpoints beyond `total_limit` are removed only after the new one is in place. Call on every process.
+    Make `output_dir` ready on the main process, and return the checkpoint to resume from (or None) on all:
+    a fresh run into a folder holding another run stops (unless --overwrite_output_dir, which deletes that run);
+    leftovers of interrupted saves are removed; the checkpoint is verified whole, and with `latest` a damaged one is
+    skipped (with a warning naming the bad file) for the newest complete one. Checkpoints newer than the one resumed
+    from (damaged, or from the run a rewind abandons) are renamed aside, so that a later `latest` never mixes them in.
     """
-    final = output_dir / f"checkpoint-{state['global_step']}"
-    temporary = output_dir / f".{final.name}.tmp"
-    if accelerator.is_main_process and temporary.exists():
-        shutil.rmtree(temporary)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (temporary / TRAINING_STATE).write_text(json.dumps(state, indent=2))
-        _fsync_tree(temporary)
-        if final.exists():  # the same step saved again after a resume
-            _remove(final)
-        os.replace(temporary, final)
-        _fsync_dir(output_dir)
-        if total_limit is not None:
-            for _, old in list_checkpoints(output_dir)[:-total_limit]:
-                _remove(old)
-        logger.info(f"Saved {final}")
-    accelerator.wait_for_everyone()
-    return final
+    required = ["optimizer.bin", "scheduler.bin", "random_states_0.pkl"]
+    required += ["transformer_lora"] if args.lora_rank is not None else ["transformer", "transformer_ema"]
+    required += ["projector"] if args.proj_coeff > 0 else []
 
-
-def remove_incomplete_checkpoints(output_dir: Path) -> None:
-    """Delete what a crash during a save or a deletion left behind (`.checkpoint-N.tmp`, `.checkpoint-N.deleting`)."""
-    for path in output_dir.glob(".checkpoint-*"):
-        logger.warning(f"Removing {path}, left by an interrupted checkpoint save or deletion.")
-        shutil.rmtree(path)
-
-
-def resolve_resume_checkpoint(args: argparse.Namespace, output_dir: Path) -> Path | None:
-    """The checkpoint folder `--resume_from_checkpoint` names (`latest`: the newest complete one), or None."""
-    if args.resume_from_checkpoint is None:
-        return None
-    if args.resume_from_checkpoint == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        if not checkpoints:
+    def prepare() -> Path | None:
+        earlier = check_output_dir(output_dir, args.resume_from_checkpoint is not None, args.overwrite_output_dir)
+        if earlier:
+            removed = remove_run_outputs(output_dir, [*RUN_OUTPUTS, args.logging_dir])
+            logger.warning(f"--overwrite_output_dir: deleted {', '.join(path.name for path in removed)}.")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_incomplete_checkpoints(output_dir)
+        resume_path, skipped = find_resume_checkpoint(args.resume_from_checkpoint, output_dir, required)
+        for error in skipped:
+            logger.warning(
+                f"Not resuming from {error.checkpoint.name}: {error}. Falling back to "
+                f"{resume_path.name if resume_path else 'a new run'}."
+            )
+        if args.resume_from_checkpoint == "latest" and resume_path is None and not skipped:
             logger.info(f"No checkpoint in {output_dir}: starting a new run.")
-            return None
-        return checkpoints[-1][1]
-    path = Path(args.resume_from_checkpoint)
-    if not path.is_absolute() and not path.exists():
-        path = output_dir / path
-    if not (path / TRAINING_STATE).is_file():
+        step = -1 if resume_path is None else int(json.loads((resume_path / TRAINING_STATE).read_text())["global_step"])
+        if resume_path is not None or skipped:
+            for path in checkpoints_after(output_dir, step):
+                damaged = any(error.checkpoint == path for error in skipped)
+                moved = move_aside(path, "damaged" if damaged else "superseded")
+                logger.warning(f"Renamed {path.name} to {moved.name}: it is newer than the step resumed from.")
+        return resume_path
+
+    try:
+        return on_main_process(accelerator, prepare)
+    except CheckpointError as error:  # an explicit checkpoint that is incomplete or damaged
         raise ValueError(
-            f"--resume_from_checkpoint {args.resume_from_checkpoint}: {path} is not a complete checkpoint."
-        )
-    return path
+            f"--resume_from_checkpoint {args.resume_from_checkpoint}: {error}. Resume from another checkpoint "
+            "(`latest` picks the newest complete one)."
+        ) from None
+
+
+def resume_args(args: argparse.Namespace, run_args: dict[str, Any], resume_path: Path) -> tuple[dict, dict]:
+    """
+    Compare this command's options with those `resume_path` was trained with: refused changes raise one error
+    listing them all; the others are returned (to apply and log), with `run_args` plus the history of changes.
+    """
+    saved_file = next(
+        (path for path in (resume_path / TRAINING_ARGS, resume_path.parent / TRAINING_ARGS) if path.is_file()), None
+    )
+    if saved_file is None:
+        logger.warning(f"{resume_path} does not record its options: they cannot be compared with this command's.")
+        return run_args, {}
+    saved = json.loads(saved_file.read_text())
+    diff = compare_resume_args(saved, run_args, RESUME_CAN_CHANGE, RESUME_NOT_COMPARED)
+    if "proj_coeff" in diff.applied and (saved["proj_coeff"] > 0) != (args.proj_coeff > 0):
+        diff.refused["proj_coeff"] = diff.applied.pop("proj_coeff")  # turns the alignment (its projector) on or off
+    if diff.refused:
+        raise ValueError(diff.refusal(resume_path))
+    step = json.loads((resume_path / TRAINING_STATE).read_text())["global_step"]
+    for name, (old, new) in diff.applied.items():
+        logger.warning(f"{name} changed {old} -> {new} on resume (from step {step + 1}).")
+    return with_resume_history(saved, run_args, diff.applied, step), diff.applied
+
+
+def apply_resume_changes(
+    changes: dict, optimizer: torch.optim.Optimizer, lr_scheduler, ema: EMAModel | None, args: argparse.Namespace
+) -> None:
+    """
+    Make the changes a resume applies take effect on the restored optimizer, learning-rate schedule and EMA (which
+    would otherwise keep the checkpoint's values); the other options are read from `args` at each step.
+    """
+    updates = {}
+    if {"adam_beta1", "adam_beta2"} & changes.keys():
+        updates["betas"] = (args.adam_beta1, args.adam_beta2)
+    if "adam_weight_decay" in changes:
+        updates["weight_decay"] = args.adam_weight_decay
+    if "adam_epsilon" in changes:
+        updates["eps"] = args.adam_epsilon
+    for group in optimizer.param_groups:
+        group.update(updates)
+    if {"learning_rate", "lr_scheduler", "lr_warmup_steps", "max_train_steps"} & changes.keys():
+        schedule = lr_scheduler.scheduler  # accelerate's wrapper holds the torch scheduler
+        schedule.base_lrs = [args.learning_rate] * len(optimizer.param_groups)
+        factors = [factor(schedule.last_epoch) for factor in schedule.lr_lambdas]  # the (new) schedule at this step
+        rates = [base * factor for base, factor in zip(schedule.base_lrs, factors, strict=True)]
+        for group, rate in zip(optimizer.param_groups, rates, strict=True):
+            group["initial_lr"], group["lr"] = args.learning_rate, rate
+        schedule._last_lr = rates
+    if ema is not None and "ema_decay" in changes:
+        ema.decay = ema.min_decay = args.ema_decay
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -570,6 +659,12 @@ def wait_for_uploads(uploads: list[concurrent.futures.Future]) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    """Train as the options say. SIGTERM, SIGINT and SIGUSR1 stop the run after the current step, with a checkpoint."""
+    with StopSignal() as stop:
+        train(args, stop)
+
+
+def train(args: argparse.Namespace, stop: StopSignal) -> None:
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_plugin=GradientAccumulationPlugin(
@@ -604,11 +699,11 @@ def main(args: argparse.Namespace) -> None:
         )
     local_batch_size = args.batch_size // micro_batches
 
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        remove_incomplete_checkpoints(output_dir)
-        (output_dir / "training_args.json").write_text(json.dumps(public_args(args), indent=2, default=str))
-    resume_path = resolve_resume_checkpoint(args, output_dir)
+    run_args = public_args(args)  # the options as given, saved in training_args.json and in every checkpoint
+    resume_path = prepare_output_dir(accelerator, args, output_dir)
+    changes = {}
+    if resume_path is not None:
+        run_args, changes = resume_args(args, run_args, resume_path)
     repo_id = None
     if args.push_to_hub and accelerator.is_main_process:
         repo_id = create_repo(
@@ -781,6 +876,7 @@ def main(args: argparse.Namespace) -> None:
         drop_last=True,
         collate_fn=collate_batch,
         num_workers=args.dataloader_num_workers,
+        worker_init_fn=ignore_stop_signals,  # a preemption signal is handled by the main process (see below)
         generator=torch.Generator().manual_seed(args.seed),  # worker seeds, kept off the global RNG
     )
     if projector is None:
@@ -799,6 +895,9 @@ def main(args: argparse.Namespace) -> None:
     if args.validation_class_labels is None:
         count = min(8, info["num_classes"])
         args.validation_class_labels = [round(i * (info["num_classes"] - 1) / max(count - 1, 1)) for i in range(count)]
+    wrong = [label for label in args.validation_class_labels if not 0 <= label < info["num_classes"]]
+    if wrong:
+        raise ValueError(f"--validation_class_labels {wrong} are not class ids in [0, {info['num_classes'] - 1}].")
 
     if accelerator.is_main_process:
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config(args))
@@ -810,11 +909,37 @@ def main(args: argparse.Namespace) -> None:
     global_step, batches_seen = 0, 0
     if resume_path is not None:
         accelerator.print(f"Resuming from {resume_path}")
+        if not (resume_path / f"random_states_{accelerator.process_index}.pkl").is_file():
+            logger.warning(
+                f"{resume_path} has no random state for process {accelerator.process_index} (it was saved by fewer "
+                "processes): the resumed run will not repeat an uninterrupted one exactly.",
+                main_process_only=False,
+            )
         accelerator.load_state(str(resume_path))
+        apply_resume_changes(changes, optimizer, lr_scheduler, ema, args)
         state = json.loads((resume_path / TRAINING_STATE).read_text())
         global_step, batches_seen = state["global_step"], state["batches_seen"]
+    if accelerator.is_main_process:
+        write_json_atomically(output_dir / TRAINING_ARGS, run_args)
     last_checkpoint = resume_path
     uploads: list[concurrent.futures.Future] = []  # background checkpoint uploads
+
+    def checkpoint(push: bool) -> Path:
+        """Save `checkpoint-<global_step>` (and push it to the Hub in the background if asked)."""
+        wait_for_uploads(uploads)  # the previous upload must not race the pruning of its folder
+        state = {"global_step": global_step, "batches_seen": batches_seen}
+        path = save_checkpoint(accelerator, output_dir, state, args.checkpoints_total_limit, run_args)
+        if push and args.push_checkpoints_to_hub and accelerator.is_main_process:
+            upload = upload_folder(
+                repo_id=repo_id,
+                folder_path=path,
+                path_in_repo=path.name,
+                commit_message=f"Checkpoint {global_step}",
+                token=args.hub_token,
+                run_as_future=True,
+            )
+            uploads.append(upload)
+        return path
 
     logger.info("***** Running training *****")
     logger.info(f"  Examples = {len(dataset)}, batches per epoch and process = {len(train_dataloader)}")
@@ -828,7 +953,8 @@ def main(args: argparse.Namespace) -> None:
     window = torch.zeros(3, device=accelerator.device)  # loss, denoising, projection summed over a step's micro-steps
     step_start = time.perf_counter()
     epoch = batches_seen // len(train_dataloader)
-    while global_step < args.max_train_steps and epoch < num_epochs:
+    stopping = stop.should_stop(accelerator)  # a signal during the set-up: nothing to save yet
+    while global_step < args.max_train_steps and epoch < num_epochs and not stopping:
         train_dataloader.set_epoch(epoch)
         offset = batches_seen % len(train_dataloader)
         loader = accelerator.skip_first_batches(train_dataloader, offset) if offset else train_dataloader
@@ -899,26 +1025,27 @@ def main(args: argparse.Namespace) -> None:
             step_start = now
 
             if global_step % args.checkpointing_steps == 0:
-                wait_for_uploads(uploads)  # the previous upload must not race the pruning of its folder
-                state = {"global_step": global_step, "batches_seen": batches_seen}
-                last_checkpoint = save_checkpoint(accelerator, output_dir, state, args.checkpoints_total_limit)
-                if args.push_checkpoints_to_hub and accelerator.is_main_process:
-                    upload = upload_folder(
-                        repo_id=repo_id,
-                        folder_path=last_checkpoint,
-                        path_in_repo=last_checkpoint.name,
-                        commit_message=f"Checkpoint {global_step}",
-                        token=args.hub_token,
-                        run_as_future=True,
-                    )
-                    uploads.append(upload)
+                last_checkpoint = checkpoint(push=True)
             if global_step % args.validation_steps == 0 and accelerator.is_main_process:
                 path = log_validation(transformer, ema, vae, info, args, accelerator, global_step)
                 logger.info(f"Validation grid: {path}")
-            if global_step >= args.max_train_steps:
+            stopping = stop.should_stop(accelerator)  # the same answer on every process
+            if stopping or global_step >= args.max_train_steps:
                 break
+        if stopping:
+            break
         epoch += 1
     progress_bar.close()
+    if stopping:  # SIGTERM/SIGINT/SIGUSR1: the step is complete; save it, so that a re-queued job loses nothing
+        if last_checkpoint is None or last_checkpoint.name != f"checkpoint-{global_step}":
+            last_checkpoint = checkpoint(push=False) if global_step > 0 else None
+        accelerator.print(
+            f"Stopped by {stop.received or 'a signal to another process'} at step {global_step}; "
+            f"{f'saved {last_checkpoint}' if last_checkpoint else 'nothing to save'}. Run the same command with "
+            "--resume_from_checkpoint latest to continue."
+        )
+        accelerator.end_training()
+        return
     if skipped.total:
         logger.warning(f"Images skipped on this process: {skipped}", main_process_only=False)
 
@@ -939,7 +1066,7 @@ def main(args: argparse.Namespace) -> None:
         grid_pipeline = build_pipeline(model, SiTEulerScheduler(path_type=args.path_type), vae, info, args)
         with accelerator.autocast():
             sample_grid(grid_pipeline, args).save(output_dir / "sample_grid.png")
-        write_model_card(args, info, model, global_step, repo_id or args.hub_model_id or output_dir.name)
+        write_model_card(args, info, model, global_step, repo_id or args.hub_model_id or output_dir.name, run_args)
         if args.push_to_hub:
             wait_for_uploads(uploads)
             upload_folder(
@@ -962,9 +1089,14 @@ def main(args: argparse.Namespace) -> None:
 
 
 def write_model_card(
-    args: argparse.Namespace, info: dict, model: SiTTransformer2DModel, steps: int, repo_id: str
+    args: argparse.Namespace,
+    info: dict,
+    model: SiTTransformer2DModel,
+    steps: int,
+    repo_id: str,
+    run_args: dict[str, Any] | None = None,
 ) -> None:
-    """The run's model card, saved as README.md in the output folder."""
+    """The run's model card, saved as README.md in the output folder; a value a resume changed shows its history."""
     config = model.config
     space = "VAE latents" if info["latent"] else "pixels"
     description = (
@@ -990,6 +1122,8 @@ def write_model_card(
         "lora_rank": args.lora_rank,
         "seed": args.seed,
     }
+    history = (run_args or {}).get(RESUME_HISTORY, [])
+    hyperparameters = {name: value_history(name, value, history) for name, value in hyperparameters.items()}
     card = build_model_card(
         repo_id,
         model_description=description,
@@ -1006,4 +1140,8 @@ def write_model_card(
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a checkpoint (the first one saves one)
+        print("Interrupted: nothing saved since the last checkpoint.", file=sys.stderr)
+        sys.exit(130)
