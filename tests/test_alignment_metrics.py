@@ -382,6 +382,22 @@ def test_cli_end_to_end_pixel_space(cli_setup, tmp_path, capsys):
         assert row["probe_accuracy"] == pytest.approx(reference["probe_accuracy"], abs=1 / 6 + 1e-6)
 
 
+def test_cli_without_encoder_runs_only_the_probe(cli_setup, tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    argv = [
+        "--pretrained_model_name_or_path", str(cli_setup / "pixel" / "transformer"), "--train_data_dir",
+        str(cli_setup / "images"), "--num_images", "20", "--topk", "5", "--layers", "1", "--probe_epochs", "5",
+        "--output_dir", str(output_dir), "--device", "cpu",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((output_dir / JSON_NAME).read_text())
+    assert results["encoder"] is None and results["encoder_probe_accuracy"] is None
+    assert results["layers"][0]["cknna"] is None and 0.0 <= results["layers"][0]["probe_accuracy"] <= 1.0
+    assert results["path_type"] == "linear"  # a transformer folder alone: no scheduler, the default path
+    assert "-" in capsys.readouterr().out.splitlines()[1]
+    assert (output_dir / PLOT_NAME).is_file()
+
+
 def test_cli_latent_model_through_the_pipelines_vae(cli_setup, tmp_path):
     code, output_dir = _run(cli_setup, tmp_path, model="latent")
     assert code == 0

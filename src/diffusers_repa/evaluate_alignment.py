@@ -389,7 +389,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     if results["encoder_probe_accuracy"] is not None:
         axes[1].axhline(results["encoder_probe_accuracy"], color="tab:red", linestyle="--", label="encoder")
     axes[1].legend()
-    figure.suptitle(f"{results['model']}: t = {results['timestep']}, {results['num_images']} images")
+    name = Path(results["model"]).name or results["model"]
+    figure.suptitle(f"{name}: t = {results['timestep']}, {results['num_images']} images of {results['dataset_split']}")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
