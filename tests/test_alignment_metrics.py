@@ -24,7 +24,6 @@ from diffusers_repa.alignment import (
 from diffusers_repa.evaluate_alignment import JSON_NAME, PLOT_NAME, main, parse_layers
 from diffusers_repa.flow_paths import path_coefficients
 
-
 # ----------------------------------------------------------------------------------------------------------------------
 # CKNNA
 # ----------------------------------------------------------------------------------------------------------------------
@@ -75,7 +74,10 @@ def _loop_cknna(a, b, topk, unbiased=True):
     hsic = _loop_hsic_unbiased if unbiased else _loop_hsic_biased
     kk = masked(k, lambda i, j: j in nk[i])
     ll = masked(l, lambda i, j: j in nl[i])
-    mutual = lambda i, j: j in nk[i] and j in nl[i]  # noqa: E731
+
+    def mutual(i, j):
+        return j in nk[i] and j in nl[i]
+
     return hsic(masked(k, mutual), masked(l, mutual)) / (math.sqrt(hsic(kk, kk) * hsic(ll, ll)) + 1e-6)
 
 
@@ -151,10 +153,8 @@ def test_cknna_errors():
 
 def _tiny_sit(seed=0, **overrides):
     """A small SiT with every weight randomised (the default init makes every block the identity)."""
-    config = dict(
-        sample_size=8, patch_size=2, in_channels=4, num_layers=4, num_attention_heads=2, attention_head_dim=8,
-        num_classes=10, alignment_depth=2,
-    )  # fmt: skip
+    config = {"sample_size": 8, "patch_size": 2, "in_channels": 4, "num_layers": 4, "num_attention_heads": 2}
+    config.update(attention_head_dim=8, num_classes=10, alignment_depth=2)
     config.update(overrides)
     torch.manual_seed(seed)
     model = SiTTransformer2DModel(**config)

@@ -202,7 +202,9 @@ def load_model(args: argparse.Namespace) -> tuple[SiTTransformer2DModel, dict[st
         "latent_scale": args.latent_scale
         if args.latent_scale is not None
         else pipeline_config.get("latent_scale", SD_VAE_LATENT_SCALE),
-        "latent_shift": args.latent_shift if args.latent_shift is not None else pipeline_config.get("latent_shift", 0.0),
+        "latent_shift": args.latent_shift
+        if args.latent_shift is not None
+        else pipeline_config.get("latent_shift", 0.0),
         "vae_folder": folder / "vae" if has_vae else None,
     }
     return transformer, info

@@ -172,8 +172,8 @@ def cknna(
     minimum = max(topk + 1, 4 if unbiased else 2)
     if num_samples < minimum:
         raise ValueError(
-            f"CKNNA with topk={topk} needs at least {minimum} samples, got {num_samples}: use more samples or a smaller "
-            "`topk`."
+            f"CKNNA with topk={topk} needs at least {minimum} samples, got {num_samples}: use more samples or a "
+            "smaller `topk`."
         )
     if normalize:
         tensor_a = F.normalize(tensor_a, dim=1)
@@ -245,11 +245,15 @@ def _check_layers(layers: int | Iterable[int], num_layers: int) -> list[int]:
 def _check_timestep(timestep: float | torch.Tensor) -> float:
     if torch.is_tensor(timestep):
         if timestep.numel() != 1:
-            raise ValueError(f"`timestep` must be one flow time (a float), got a tensor of shape {tuple(timestep.shape)}.")
+            raise ValueError(
+                f"`timestep` must be one flow time (a float), got a tensor of shape {tuple(timestep.shape)}."
+            )
         timestep = timestep.item()
     timestep = float(timestep)
     if not 0.0 <= timestep <= 1.0:
-        raise ValueError(f"`timestep` is a flow time and must lie in [0, 1] (0 = data, 1 = pure noise), got {timestep}.")
+        raise ValueError(
+            f"`timestep` is a flow time and must lie in [0, 1] (0 = data, 1 = pure noise), got {timestep}."
+        )
     return timestep
 
 
@@ -328,8 +332,8 @@ def sit_hidden_states(
     if not torch.is_tensor(sample) or sample.ndim != 4 or tuple(sample.shape[1:]) != expected:
         shape = tuple(sample.shape) if torch.is_tensor(sample) else type(sample).__name__
         raise ValueError(
-            f"`sample` must be a tensor of clean inputs with shape (N, {', '.join(map(str, expected))}) for this model, "
-            f"got {shape}."
+            f"`sample` must be a tensor of clean inputs with shape (N, {', '.join(map(str, expected))}) for this "
+            f"model, got {shape}."
         )
     num_samples = sample.shape[0]
     if num_samples == 0:
@@ -536,7 +540,9 @@ def _as_features(features: Any, name: str) -> torch.Tensor:
     if not torch.is_tensor(tensor):
         raise TypeError(f"`{name}` must be a numpy array or a torch tensor, got {type(features).__name__}.")
     if tensor.ndim != 2 or tensor.shape[0] == 0:
-        raise ValueError(f"`{name}` must have shape (num_samples, dim) with num_samples >= 1, got {tuple(tensor.shape)}.")
+        raise ValueError(
+            f"`{name}` must have shape (num_samples, dim) with num_samples >= 1, got {tuple(tensor.shape)}."
+        )
     tensor = tensor.detach().float()
     if not torch.isfinite(tensor).all():
         raise ValueError(f"`{name}` contains NaN or infinite values.")
@@ -548,7 +554,9 @@ def _as_labels(labels: Any, name: str, num_samples: int) -> torch.Tensor:
     if tensor.is_floating_point() or tensor.dtype == torch.bool or tensor.is_complex():
         raise ValueError(f"`{name}` must hold integer class ids, got dtype {tensor.dtype}.")
     if tensor.ndim != 1 or tensor.shape[0] != num_samples:
-        raise ValueError(f"`{name}` must have shape ({num_samples},), one class id per feature row, got {tuple(tensor.shape)}.")
+        raise ValueError(
+            f"`{name}` must have shape ({num_samples},), one class id per feature row, got {tuple(tensor.shape)}."
+        )
     return tensor.long()
 
 
