@@ -108,7 +108,7 @@ class NpzImageReader:
                 data = file.read(count * row_bytes)
                 if len(data) != count * row_bytes:
                     raise ValueError(f"{self.path!r} is truncated: `{self.key}` ends before image {start + count}.")
-                yield np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:]))
+                yield np.frombuffer(bytearray(data), dtype=self.dtype).reshape((count, *self.shape[1:]))  # writable
 
 
 @dataclass
