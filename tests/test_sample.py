@@ -1,13 +1,28 @@
 """The sampling CLI: labelled grids and resumable, batch-independent ADM `.npz` files."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import PIL.Image
+import pytest
 
 from diffusers_repa.sample import main, sample_labels
+
+# Runs `sample` in a subprocess with every batch slowed down, so that a signal reliably lands mid-run.
+SLOW_SAMPLE = """
+import sys, time
+import diffusers_repa.sample as sample
+original = sample.generate
+def slow(*args, **kwargs):
+    time.sleep(1.0)
+    return original(*args, **kwargs)
+sample.generate = slow
+sys.exit(sample.main(sys.argv[1:]))
+"""
 
 
 def test_grid(repa_tiny_pipeline_dir, tmp_path):
@@ -50,6 +65,135 @@ def test_npz_layout_batching_and_resume(repa_tiny_pipeline_dir, tmp_path):
     np.testing.assert_array_equal(np.load(first)["arr_0"], data["arr_0"])
     # Resuming with other settings is refused.
     assert main(npz_argv(repa_tiny_pipeline_dir, first, "--num_images", "5", "--batch_size", "2", "--seed", "1")) == 2
+
+
+def test_grid_negative_class_id_is_out_of_range(repa_tiny_pipeline_dir, tmp_path, capsys):
+    argv = ["grid", "--model", str(repa_tiny_pipeline_dir), "--classes", "-5", "--output", str(tmp_path / "g.png")]
+    assert main(argv) == 2
+    assert "Class id -5 is outside [0, 1000]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("{tmp}/no/such/folder", "does not exist"),
+        ("./no_such_folder", "does not exist"),
+        ("{tmp}", "not a pipeline folder"),
+        ("no-such-org/no-such-repo", "There is no folder 'no-such-org/no-such-repo'"),
+    ],
+)
+def test_a_bad_model_is_one_sentence(model, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    argv = ["grid", "--model", model.format(tmp=tmp_path), "--classes", "3", "--output", str(tmp_path / "g.png")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_bad_argument_writes_nothing(repa_tiny_pipeline_dir, tmp_path, capsys):
+    output = tmp_path / "s.npz"
+    parts = tmp_path / "s.npz.parts"
+    assert main(npz_argv(tmp_path / "no-such-model", output, "--num_images", "2")) == 2
+    assert not parts.exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(npz_argv(repa_tiny_pipeline_dir, output, "--num_images", "2", "--guidance_interval", "0.9", "0.1"))
+    assert exit_info.value.code == 2 and not parts.exists()
+    # The corrected command runs: no settings were recorded by the mistyped ones.
+    assert main(npz_argv(repa_tiny_pipeline_dir, output, "--num_images", "2")) == 0
+    assert output.exists()
+
+
+def test_output_without_the_suffix_is_reported_as_written(repa_tiny_pipeline_dir, tmp_path, capsys):
+    assert main(npz_argv(repa_tiny_pipeline_dir, tmp_path / "samples", "--num_images", "2")) == 0
+    assert f"Wrote {tmp_path / 'samples.npz'}:" in capsys.readouterr().out
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["samples.npz", "samples.npz.parts"]
+
+
+def run_until_signal(argv, parts, at_least, signum, tmp_path):
+    """Start `sample` in a subprocess, send `signum` once `parts` holds `at_least` batches, return the result."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SAMPLE, *argv], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 240
+    while len(list(parts.glob("batch_*.npz"))) < at_least and process.poll() is None:
+        assert time.monotonic() < deadline, "no batch was written in time"
+        time.sleep(0.05)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=240)
+    return process.returncode, out, err
+
+
+def check_stopped_cleanly(code, err, signal_name, output, parts, num_batches):
+    assert code == 0, err[-3000:]
+    assert f"Stopped by {signal_name}" in err and "Rerun the same command" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    names = sorted(path.name for path in parts.iterdir())
+    assert not output.exists() and 1 <= len(names) - 1 < num_batches  # settings.json + finished batches, no tmp
+    assert all(name == "settings.json" or name.startswith("batch_") and name.endswith(".npz") for name in names)
+    return len(names) - 1
+
+
+def assert_same_npz(path, reference):
+    with np.load(path) as resumed, np.load(reference) as expected:
+        assert resumed.files == expected.files
+        for key in expected.files:
+            np.testing.assert_array_equal(resumed[key], expected[key], strict=True)
+
+
+def test_sigterm_then_sigint_stop_cleanly_and_a_rerun_resumes_to_the_same_npz(repa_tiny_pipeline_dir, tmp_path):
+    extra = ("--num_images", "6", "--batch_size", "1")
+    reference = tmp_path / "reference.npz"
+    assert main(npz_argv(repa_tiny_pipeline_dir, reference, *extra)) == 0
+    output, parts = tmp_path / "interrupted.npz", tmp_path / "interrupted.npz.parts"
+    argv = npz_argv(repa_tiny_pipeline_dir, output, *extra)
+    # A preemption (SIGTERM) mid-run, then Ctrl-C (SIGINT) in the re-queued run: each keeps the finished batches.
+    code, _, err = run_until_signal(argv, parts, 1, signal.SIGTERM, tmp_path)
+    first = check_stopped_cleanly(code, err, "SIGTERM", output, parts, 6)
+    code, _, err = run_until_signal(argv, parts, first + 1, signal.SIGINT, tmp_path)
+    assert check_stopped_cleanly(code, err, "SIGINT", output, parts, 6) > first
+    # The rerun makes only the missing batches and assembles the uninterrupted run's file, bit for bit.
+    assert main(argv) == 0
+    assert_same_npz(output, reference)
+
+
+def test_sigusr1_stops_and_a_second_ctrl_c_interrupts_at_once(repa_tiny_pipeline_dir, tmp_path, monkeypatch, capsys):
+    import diffusers_repa.sample as sample
+
+    extra = ("--num_images", "4", "--batch_size", "1")
+    reference = tmp_path / "reference.npz"
+    assert main(npz_argv(repa_tiny_pipeline_dir, reference, *extra)) == 0
+    original, sent = sample.generate, []
+
+    def signalling(*args, **kwargs):  # the signals arrive as the second batch starts
+        if not sent and len(list(parts.glob("batch_*.npz"))) == 1:
+            sent.extend(to_send)
+            for signum in to_send:
+                os.kill(os.getpid(), signum)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sample, "generate", signalling)
+    output, parts = tmp_path / "out.npz", tmp_path / "out.npz.parts"
+    argv = npz_argv(repa_tiny_pipeline_dir, output, *extra)
+    capsys.readouterr()
+    to_send = [signal.SIGUSR1]
+    assert main(argv) == 0
+    check_stopped_cleanly(0, capsys.readouterr().err, "SIGUSR1", output, parts, 4)
+    # Two Ctrl-C: the second interrupts at once, with exit code 130 and no traceback; nothing partial is kept.
+    for path in parts.glob("batch_*.npz"):
+        path.unlink()
+    sent.clear()
+    to_send = [signal.SIGINT, signal.SIGINT]
+    handler = signal.getsignal(signal.SIGINT)
+    assert main(argv) == 130
+    assert "Interrupted" in capsys.readouterr().err
+    assert sorted(path.name for path in parts.iterdir()) == ["batch_000000.npz", "settings.json"]
+    assert signal.getsignal(signal.SIGINT) is handler  # the handlers are given back
+    monkeypatch.setattr(sample, "generate", original)
+    assert main(argv) == 0
+    assert_same_npz(output, reference)
 
 
 def test_labels():

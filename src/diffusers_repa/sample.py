@@ -10,12 +10,22 @@ accelerate launch -m diffusers_repa.sample npz --model sit-xl-2-repa --num_image
 
 Every image has its own generator, seeded from `(--seed, image index)`, so the images do not depend on the batch size,
 the number of processes, or on resuming. The `npz` mode writes finished batches to `<output>.parts/` (each written
-atomically) and assembles `<output>` (`arr_0`: uint8 `(N, H, W, 3)`, plus `labels`) once all are there.
+atomically) and assembles `<output>` (`arr_0`: uint8 `(N, H, W, 3)`, plus `labels`) once all are there; `<output>`
+gets the `.npz` suffix if it lacks one (as NumPy would add it). All arguments, `--model` included, are checked before
+anything is written, and `<output>.parts/settings.json` records them: a rerun with other settings is refused.
+
+Preemption: on SIGTERM (SLURM, Kubernetes), SIGINT (Ctrl-C) or SIGUSR1, `npz` stops at the next denoising step,
+discards the unfinished batch (nothing partial is ever written), keeps the finished ones, and exits with code 0 and
+no `.npz`; rerunning the same command resumes, and the assembled `.npz` is the one an uninterrupted run writes. With
+several processes, all stop once any got the signal. A second Ctrl-C stops at once (exit code 130). Exit code 2: an
+invalid argument, with a one-line message.
 """
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,10 +38,19 @@ from tqdm.auto import tqdm
 
 from .pipeline_repa import REPAPipeline
 from .schedulers import SiTEulerMaruyamaScheduler, SiTEulerScheduler, SiTHeunScheduler
+from .training_utils import StopSignal
 
 SCHEDULERS = {"sde": SiTEulerMaruyamaScheduler, "heun": SiTHeunScheduler, "euler": SiTEulerScheduler}
 DEFAULT_STEPS = {"sde": 250, "heun": 50, "euler": 50}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# `(seed << 32) + index` must fit the 64-bit seed of a torch.Generator.
+MAX_SEED = 2**31 - 1
+# A class given as digits (with an optional sign) is an id, anything else a name.
+_CLASS_ID = re.compile(r"[+-]?\d+")
+
+
+class BatchAbandoned(Exception):
+    """Raised inside a batch when a stop signal arrived: the batch is discarded, never written."""
 
 
 def image_generators(seed: int, indices: range) -> list[torch.Generator]:
@@ -52,7 +71,29 @@ def sample_labels(num_images: int, num_classes: int, mode: str, seed: int) -> np
     return torch.randint(num_classes, (num_images,), generator=generator).numpy()
 
 
+def check_model_source(model: str) -> None:
+    """
+    Refuse a `--model` that is neither a pipeline folder nor a plausible Hub repo id, in one sentence (instead of a
+    Hub lookup error); a repo id that cannot be found is reported by [`REPAPipeline.download`].
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(
+                f"--model {model} is a folder but not a pipeline folder (it has no model_index.json): pass the folder "
+                "written by `REPAPipeline.save_pretrained`, by the trainer (its --output_dir) or by "
+                "`python -m diffusers_repa.convert ... --vae ...`."
+            )
+        return
+    if path.exists():
+        raise ValueError(f"--model {model} is a file: pass a pipeline folder or a Hub repo id ('org/name').")
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model:
+        raise ValueError(f"--model {model} does not exist: check the path of the pipeline folder.")
+
+
 def load_pipeline(args: argparse.Namespace, device: torch.device) -> REPAPipeline:
+    """Load `--model` with the chosen scheduler and transformer dtype; every bad `--model` is one `ValueError`."""
+    check_model_source(args.model)
     dtypes = {"transformer": DTYPES[args.dtype], "default": torch.float32}
     pipeline = REPAPipeline.from_pretrained(args.model, dtype=dtypes)
     pipeline.scheduler = SCHEDULERS[args.scheduler].from_config(pipeline.scheduler.config)
@@ -60,8 +101,23 @@ def load_pipeline(args: argparse.Namespace, device: torch.device) -> REPAPipelin
     return pipeline.to(device)
 
 
-def generate(pipeline: REPAPipeline, labels: list[int | str], indices: range, args: argparse.Namespace) -> np.ndarray:
-    """uint8 images `(len(indices), H, W, 3)` for `labels`, with per-image generators."""
+def generate(
+    pipeline: REPAPipeline,
+    labels: list[int | str],
+    indices: range,
+    args: argparse.Namespace,
+    stop: StopSignal | None = None,
+) -> np.ndarray:
+    """
+    uint8 images `(len(indices), H, W, 3)` for `labels`, with per-image generators. Raises [`BatchAbandoned`] at the
+    next denoising step once `stop` has received a signal.
+    """
+
+    def abandon_on_signal(pipe: REPAPipeline, step: int, timestep: torch.Tensor, tensors: dict) -> dict:
+        if stop is not None and stop.received is not None:
+            raise BatchAbandoned(stop.received)
+        return tensors
+
     images = pipeline(
         labels,
         num_inference_steps=args.steps,
@@ -69,6 +125,7 @@ def generate(pipeline: REPAPipeline, labels: list[int | str], indices: range, ar
         guidance_interval=tuple(args.guidance_interval),
         generator=image_generators(args.seed, indices),
         output_type="np",
+        callback_on_step_end=abandon_on_signal if stop is not None else None,
     ).images
     return to_uint8(images)
 
@@ -97,7 +154,7 @@ def run_grid(args: argparse.Namespace) -> None:
     if not state.is_main_process:
         return
     pipeline = load_pipeline(args, state.device)
-    labels = pipeline.get_label_ids([int(c) if c.isdigit() else c for c in args.classes])
+    labels = pipeline.get_label_ids([int(c) if _CLASS_ID.fullmatch(c.strip()) else c for c in args.classes])
     images = generate(pipeline, labels, range(len(labels)), args)
     grid = make_grid(images, [caption(pipeline, label) for label in labels], args.columns or min(len(labels), 8))
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -105,8 +162,42 @@ def run_grid(args: argparse.Namespace) -> None:
     print(f"Wrote {args.output} ({len(labels)} images)")
 
 
-def run_npz(args: argparse.Namespace) -> None:
+def _write_npz_atomically(path: Path, **arrays: np.ndarray) -> None:
+    """`np.savez` to a temporary name, synced, then renamed: `path` is complete or absent, never partial."""
+    temporary = path.with_name(f"{path.name}.tmp")
+    with open(temporary, "wb") as file:  # a file object: NumPy adds no suffix
+        np.savez(file, **arrays)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path) as batch:
+            return batch["images"], batch["labels"]
+    except Exception as error:  # noqa: BLE001 - any damage means the same: make the batch again
+        raise ValueError(f"The batch file {path} is damaged ({type(error).__name__}): delete it and rerun.") from None
+
+
+def _agree_to_stop(stop: StopSignal, state: PartialState) -> bool:
+    """Whether any process got a stop signal; every process calls this once per round, so none is left waiting."""
+    flag = stop.received is not None
+    if state.num_processes == 1:
+        return flag
+    flag = torch.tensor([float(flag)], device=state.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def run_npz(args: argparse.Namespace, stop: StopSignal) -> None:
     state = PartialState()
+    # Everything that can be wrong with the arguments is found before anything is written.
+    pipeline = load_pipeline(args, state.device)
+    config = pipeline.transformer.config
+    pipeline.check_inputs(
+        args.steps, args.guidance_scale, tuple(args.guidance_interval), None, (1,), None, "np", []
+    )
     parts = args.output.with_name(args.output.name + ".parts")
     settings = {
         key: str(value) if isinstance(value, Path) else value
@@ -114,33 +205,67 @@ def run_npz(args: argparse.Namespace) -> None:
         if key not in ("output", "command")
     }
     settings_file = parts / "settings.json"
+    try:
+        recorded = json.loads(settings_file.read_text()) if settings_file.exists() else None
+    except ValueError:
+        raise ValueError(f"{settings_file} is unreadable: delete {parts} (or use another --output).") from None
+    state.wait_for_everyone()  # every process has read the settings before the main process writes them
+    if recorded is not None and recorded != settings:
+        raise ValueError(
+            f"{parts} holds batches made with other settings ({settings_file}); use another --output, rerun with "
+            "the settings recorded there, or delete the folder."
+        )
     if state.is_main_process:
         parts.mkdir(parents=True, exist_ok=True)
-        if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
-            raise ValueError(
-                f"{parts} holds batches made with other settings ({settings_file}); use another --output or delete it."
-            )
-        settings_file.write_text(json.dumps(settings, indent=2))
+        for leftover in parts.glob("*.tmp"):  # from a process killed while writing; never a finished batch
+            leftover.unlink()
+        if recorded is None:
+            temporary = settings_file.with_name("settings.json.tmp")
+            temporary.write_text(json.dumps(settings, indent=2))
+            os.replace(temporary, settings_file)
     state.wait_for_everyone()
 
-    pipeline = load_pipeline(args, state.device)
-    num_classes = pipeline.transformer.config.num_classes
-    labels = sample_labels(args.num_images, num_classes, args.labels, args.seed)
+    labels = sample_labels(args.num_images, config.num_classes, args.labels, args.seed)
     num_batches = -(-args.num_images // args.batch_size)
-    mine = [k for k in range(state.process_index, num_batches, state.num_processes)]
-    todo = [k for k in mine if not (parts / f"batch_{k:06d}.npz").exists()]
-    for batch in tqdm(todo, desc=f"batches (process {state.process_index})", disable=not state.is_local_main_process):
-        indices = range(batch * args.batch_size, min((batch + 1) * args.batch_size, args.num_images))
-        images = generate(pipeline, labels[indices.start : indices.stop].tolist(), indices, args)
-        temporary = parts / f"batch_{batch:06d}.tmp.npz"
-        np.savez(temporary, images=images, labels=labels[indices.start : indices.stop])
-        os.replace(temporary, parts / f"batch_{batch:06d}.npz")
+    batch_file = lambda batch: parts / f"batch_{batch:06d}.npz"  # noqa: E731
+    mine = range(state.process_index, num_batches, state.num_processes)
+    todo = sum(1 for batch in mine if not batch_file(batch).exists())
+    progress = tqdm(
+        total=todo, desc=f"batches (process {state.process_index})", disable=not state.is_local_main_process
+    )
+    stopped = _agree_to_stop(stop, state)
+    # Rounds, one batch per process each, so that all processes meet at every stop check.
+    for first in range(0, num_batches, state.num_processes):
+        if stopped:
+            break
+        batch = first + state.process_index
+        if batch < num_batches and not batch_file(batch).exists():
+            indices = range(batch * args.batch_size, min((batch + 1) * args.batch_size, args.num_images))
+            batch_labels = labels[indices.start : indices.stop]
+            try:
+                images = generate(pipeline, batch_labels.tolist(), indices, args, stop)
+            except BatchAbandoned:
+                pass  # a signal arrived: this batch is discarded, the finished ones are kept
+            else:
+                _write_npz_atomically(batch_file(batch), images=images, labels=batch_labels)
+                progress.update()
+        stopped = _agree_to_stop(stop, state)
+    progress.close()
     state.wait_for_everyone()
 
+    if stopped:
+        if state.is_main_process:
+            finished = sum(1 for batch in range(num_batches) if batch_file(batch).exists())
+            print(
+                f"Stopped by {stop.received or 'a signal to another process'}: {finished} of {num_batches} batches "
+                f"are saved in {parts}; {args.output} was not written. Rerun the same command to resume.",
+                file=sys.stderr,
+            )
+        return
     if state.is_main_process:
-        shards = [np.load(parts / f"batch_{k:06d}.npz") for k in range(num_batches)]
-        images = np.concatenate([shard["images"] for shard in shards])
-        np.savez(args.output, arr_0=images, labels=np.concatenate([shard["labels"] for shard in shards]))
+        shards = [_load_batch(batch_file(batch)) for batch in range(num_batches)]
+        images = np.concatenate([images for images, _ in shards])
+        _write_npz_atomically(args.output, arr_0=images, labels=np.concatenate([labels for _, labels in shards]))
         print(f"Wrote {args.output}: arr_0 {images.shape} uint8 ({args.labels} labels)")
 
 
@@ -161,32 +286,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     npz.add_argument("--batch_size", type=int, default=32, help="images per batch and per process")
     for sub in (grid, npz):
         sub.add_argument("--model", required=True, help="REPAPipeline folder or Hub repo id")
-        sub.add_argument("--output", type=Path, required=True)
+        sub.add_argument(
+            "--output", type=Path, required=True, help="grid: an image file (.png, .jpg, ...); npz: the .npz file"
+        )
         sub.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="sde")
         sub.add_argument("--steps", type=int, default=None, help="default: 250 for sde, 50 for heun/euler")
         sub.add_argument("--guidance_scale", type=float, default=1.8)
         sub.add_argument("--guidance_interval", type=float, nargs=2, default=(0.0, 0.7), metavar=("LOW", "HIGH"))
-        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--seed", type=int, default=0, help=f"in [0, {MAX_SEED}]")
         sub.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="transformer dtype")
     args = parser.parse_args(argv)
     if args.steps is None:
         args.steps = DEFAULT_STEPS[args.scheduler]
     args.guidance_interval = list(args.guidance_interval)
-    if args.command == "npz" and (args.num_images < 1 or args.batch_size < 1):
-        parser.error("--num_images and --batch_size must be >= 1")
+    low, high = args.guidance_interval
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if not math.isfinite(args.guidance_scale) or args.guidance_scale < 0:
+        parser.error(f"--guidance_scale must be a finite number >= 0 (1 disables guidance), got {args.guidance_scale}")
+    if not 0 <= low <= high <= 1:
+        parser.error(f"--guidance_interval LOW HIGH must satisfy 0 <= LOW <= HIGH <= 1 (flow time), got {low} {high}")
+    if not 0 <= args.seed <= MAX_SEED:
+        parser.error(f"--seed must be in [0, {MAX_SEED}], got {args.seed}")
+    if args.command == "npz":
+        if args.num_images < 1 or args.batch_size < 1:
+            parser.error("--num_images and --batch_size must be >= 1")
+        if args.output.suffix != ".npz":  # np.savez would add it; say so in every message instead
+            args.output = args.output.with_name(args.output.name + ".npz")
+    else:
+        if args.columns is not None and args.columns < 1:
+            parser.error(f"--columns must be >= 1, got {args.columns}")
+        PIL.Image.init()
+        if args.output.suffix.lower() not in PIL.Image.registered_extensions():
+            parser.error(f"--output {args.output}: give the grid an image file extension, e.g. {args.output}.png")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0, or 2 for a bad argument; 130 for a second Ctrl-C)."""
     args = parse_args(argv)
     try:
         if args.command == "grid":
             run_grid(args)
         else:
-            run_npz(args)
+            with StopSignal() as stop:  # npz: stop cleanly on SIGTERM/SIGINT/SIGUSR1 (see the module docstring)
+                run_npz(args, stop)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # grid: Ctrl-C; npz: a second Ctrl-C (the first one stops cleanly)
+        print("Interrupted: nothing unfinished was written (npz: rerun the same command to resume).", file=sys.stderr)
+        return 130
     return 0
 
 
