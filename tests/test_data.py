@@ -171,6 +171,17 @@ def test_load_image_dataset_validates_arguments(image_folder, tmp_path):
         load_image_dataset(train_data_dir=str(image_folder), label_column="class", cache_dir=str(tmp_path))
 
 
+def test_a_folder_without_images_is_one_sentence(tmp_path):
+    (tmp_path / "empty" / "tench").mkdir(parents=True)
+    (tmp_path / "notes" / "tench").mkdir(parents=True)
+    (tmp_path / "notes" / "tench" / "README.txt").write_text("no images here")
+    for folder in ("empty", "notes"):  # datasets' EmptyDatasetError / "corresponds to no data" before
+        with pytest.raises(ValueError, match="holds no image files: put the images in one sub-folder per class"):
+            load_image_dataset(train_data_dir=str(tmp_path / folder), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="holds no data files"):
+        load_image_dataset(dataset_name=str(tmp_path / "empty"), cache_dir=str(tmp_path / "cache"))
+
+
 def test_sample_posterior_matches_official_and_is_reproducible():
     generator = torch.Generator().manual_seed(0)
     moments = torch.cat([torch.randn(2, 4, 8, 8, generator=generator), torch.rand(2, 4, 8, 8, generator=generator)], 1)

@@ -340,13 +340,26 @@ def load_image_dataset(
         raise ImportError("`load_image_dataset` needs `datasets`: pip install 'diffusers-repa[training]'.") from error
     if (dataset_name is None) == (train_data_dir is None):
         raise ValueError("Pass exactly one of `dataset_name` (Hub id or dataset folder) and `train_data_dir`.")
+    from datasets.data_files import EmptyDatasetError
+
     if dataset_name is not None:
-        dataset = datasets.load_dataset(
-            dataset_name, split=split, streaming=streaming, cache_dir=cache_dir, **load_dataset_kwargs
-        )
+        try:
+            dataset = datasets.load_dataset(
+                dataset_name, split=split, streaming=streaming, cache_dir=cache_dir, **load_dataset_kwargs
+            )
+        except EmptyDatasetError:
+            raise ValueError(
+                f"The dataset folder {dataset_name!r} holds no data files: check the path (for a folder of images in "
+                "class sub-folders, pass it as `train_data_dir`)."
+            ) from None
     else:
         if not os.path.isdir(train_data_dir):
             raise ValueError(f"`train_data_dir` {train_data_dir!r} is not a folder.")
+        if not _holds_an_image_file(train_data_dir):
+            raise ValueError(
+                f"`train_data_dir` {train_data_dir!r} holds no image files: put the images in one sub-folder per "
+                f"class, e.g. {os.path.join(train_data_dir, 'tench', '0001.jpg')}."
+            )
         dataset = datasets.load_dataset(
             "imagefolder",
             data_dir=train_data_dir,
@@ -364,6 +377,16 @@ def load_image_dataset(
     if isinstance(features.get(image_column), datasets.Image):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     return dataset
+
+
+def _holds_an_image_file(folder: str) -> bool:
+    """Whether `folder` or a sub-folder holds a file with an image extension Pillow knows (stops at the first)."""
+    Image.init()
+    extensions = set(Image.registered_extensions())
+    for _, _, files in os.walk(folder):
+        if any(os.path.splitext(name)[1].lower() in extensions for name in files):
+            return True
+    return False
 
 
 def sample_posterior(
