@@ -827,7 +827,10 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
                 else:
                     model.save_pretrained(os.path.join(checkpoint_dir, "transformer"))
             if ema is not None:
-                ema.save_pretrained(os.path.join(checkpoint_dir, "transformer_ema"))
+                # EMAModel builds a randomly initialised model to save: keep that off the training's random stream, so
+                # that a run's numbers do not depend on when it saved (an extra checkpoint on SIGTERM, a new cadence).
+                with torch.random.fork_rng(devices=[]):
+                    ema.save_pretrained(os.path.join(checkpoint_dir, "transformer_ema"))
         weights.clear()  # everything is saved above, in diffusers' format
 
     def load_model_hook(models, checkpoint_dir):

@@ -1,0 +1,289 @@
+"""`diffusers_repa.training_utils`: atomic checkpoints with a manifest, pruning that keeps the newest save, whole-
+checkpoint verification and the `latest` fallback, the one-run-per-folder guard, the resume comparison and its
+history, and the stop signals (agreed by all processes, ignored by data-loader workers)."""
+
+import json
+import os
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from diffusers_repa.training_utils import (
+    MANIFEST,
+    TRAINING_ARGS,
+    TRAINING_STATE,
+    CheckpointError,
+    StopSignal,
+    check_output_dir,
+    checkpoints_after,
+    compare_resume_args,
+    find_resume_checkpoint,
+    ignore_stop_signals,
+    list_checkpoints,
+    move_aside,
+    on_main_process,
+    prune_checkpoints,
+    remove_incomplete_checkpoints,
+    remove_run_outputs,
+    save_checkpoint,
+    value_history,
+    verify_checkpoint,
+    with_resume_history,
+)
+
+
+class FakeAccelerator:
+    """One process; `save_state` writes files shaped like accelerate's (torch zip files, safetensors, JSON)."""
+
+    is_main_process, num_processes, process_index, device = True, 1, 0, torch.device("cpu")
+
+    def __init__(self, reduced_flag: float | None = None):
+        self.reduced_flag = reduced_flag
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, folder):
+        folder = os.fspath(folder)
+        os.makedirs(os.path.join(folder, "transformer"))
+        save_file({"weight": torch.arange(64.0)}, os.path.join(folder, "transformer", "model.safetensors"))
+        with open(os.path.join(folder, "transformer", "config.json"), "w") as file:
+            json.dump({"num_layers": 2}, file)
+        torch.save(
+            {"state": {0: {"exp_avg": torch.ones(256)}}, "param_groups": [{"lr": 1e-3}]}, f"{folder}/optimizer.bin"
+        )
+        torch.save({"base_lrs": [1e-3], "last_epoch": 2}, os.path.join(folder, "scheduler.bin"))
+        states = {"random_state": random.getstate(), "numpy_random_seed": np.random.get_state()}
+        torch.save(states | {"torch_manual_seed": torch.get_rng_state()}, os.path.join(folder, "random_states_0.pkl"))
+
+    def reduce(self, tensor, reduction):  # another process got the signal: the maximum over processes is 1
+        assert reduction == "max"
+        return torch.maximum(tensor, torch.tensor([self.reduced_flag]))
+
+
+def save(output_dir, step, limit=None, args=None):
+    return save_checkpoint(FakeAccelerator(), output_dir, {"global_step": step, "batches_seen": step}, limit, args)
+
+
+def test_save_is_complete_with_manifest_and_args(tmp_path):
+    path = save(tmp_path, 3, args={"learning_rate": 1e-3})
+    assert path == tmp_path / "checkpoint-3" and not list(tmp_path.glob(".checkpoint-*"))
+    assert json.loads((path / TRAINING_STATE).read_text()) == {"global_step": 3, "batches_seen": 3}
+    assert json.loads((path / TRAINING_ARGS).read_text()) == {"learning_rate": 1e-3}
+    manifest = json.loads((path / MANIFEST).read_text())
+    assert manifest["num_processes"] == 1
+    assert manifest["files"]["optimizer.bin"] == (path / "optimizer.bin").stat().st_size
+    assert set(manifest["files"]) >= {"transformer/model.safetensors", "random_states_0.pkl", TRAINING_ARGS}
+    assert verify_checkpoint(path) == {"global_step": 3, "batches_seen": 3}
+
+
+def test_pruning_keeps_the_newest_save_and_refuses_a_limit_below_one(tmp_path):
+    for step in (2, 4, 6):
+        save(tmp_path, step, limit=2)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [4, 6]
+    # A rewind wrote checkpoint-3 while checkpoint-4 and -6 exist: the limit never removes the checkpoint just saved.
+    save(tmp_path, 3, limit=1)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [3]
+    with pytest.raises(ValueError, match="must be >= 1"):
+        prune_checkpoints(tmp_path, 0, keep=tmp_path / "checkpoint-3")
+    with pytest.raises(ValueError, match="must be >= 1"):
+        prune_checkpoints(tmp_path, -1, keep=tmp_path / "checkpoint-3")
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [3]
+
+
+def truncate(path, keep: float = 0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "random_states_0.pkl",
+        "optimizer.bin",
+        "scheduler.bin",
+        "transformer/model.safetensors",
+        "transformer/config.json",
+    ],
+)
+@pytest.mark.parametrize("with_manifest", [True, False], ids=["manifest", "no-manifest"])
+def test_a_truncated_file_is_named(tmp_path, name, with_manifest):
+    path = save(tmp_path, 2)
+    if not with_manifest:  # a checkpoint written before manifests: the loaders must catch it
+        (path / MANIFEST).unlink()
+    truncate(path / name)
+    with pytest.raises(CheckpointError) as error:
+        verify_checkpoint(path)
+    assert error.value.file == path / name and str(path / name) in str(error.value)
+
+
+def test_damage_that_keeps_the_size_is_caught_by_the_loaders(tmp_path):
+    path = save(tmp_path, 2)
+    data = bytearray((path / "random_states_0.pkl").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one flipped byte: the zip record's checksum fails
+    (path / "random_states_0.pkl").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"random_states_0\.pkl"):
+        verify_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "is damaged"),
+        ('{"global_step": 2}', "is damaged"),
+        ('{"global_step": 5, "batches_seen": 5}', "says step 5"),
+    ],
+)
+def test_a_bad_training_state_is_named(tmp_path, content, message):
+    path = save(tmp_path, 2)
+    (path / TRAINING_STATE).write_text(content)
+    with pytest.raises(CheckpointError, match=message):
+        verify_checkpoint(path)
+
+
+def test_missing_files_are_named(tmp_path):
+    path = save(tmp_path, 2)
+    (path / "scheduler.bin").unlink()
+    with pytest.raises(CheckpointError, match=r"scheduler\.bin is missing"):
+        verify_checkpoint(path)
+    (path / MANIFEST).unlink()  # without a manifest, the caller's required list decides
+    verify_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"projector is missing"):
+        verify_checkpoint(path, required=["projector"])
+
+
+def test_latest_falls_back_past_damaged_checkpoints_and_an_explicit_one_stops(tmp_path):
+    for step in (2, 4, 6):
+        save(tmp_path, step)
+    truncate(tmp_path / "checkpoint-6" / "random_states_0.pkl")
+    (tmp_path / "checkpoint-4" / "optimizer.bin").unlink()
+    path, skipped = find_resume_checkpoint("latest", tmp_path)
+    assert path == tmp_path / "checkpoint-2"
+    assert [(error.checkpoint.name, error.file.name) for error in skipped] == [
+        ("checkpoint-6", "random_states_0.pkl"),
+        ("checkpoint-4", "optimizer.bin"),
+    ]
+    assert checkpoints_after(tmp_path, 2) == [tmp_path / "checkpoint-4", tmp_path / "checkpoint-6"]
+    with pytest.raises(CheckpointError, match=r"checkpoint-6/random_states_0\.pkl"):
+        find_resume_checkpoint("checkpoint-6", tmp_path)  # relative to the output folder
+    with pytest.raises(CheckpointError, match="nowhere is not a folder"):
+        find_resume_checkpoint(str(tmp_path / "nowhere"), tmp_path)
+    assert find_resume_checkpoint(None, tmp_path) == (None, [])
+    assert find_resume_checkpoint("latest", tmp_path / "empty") == (None, [])
+
+    moved = move_aside(tmp_path / "checkpoint-6", "damaged")
+    assert moved.name == "checkpoint-6.damaged" and [step for step, _ in list_checkpoints(tmp_path)] == [2, 4]
+    save(tmp_path, 6)
+    assert move_aside(tmp_path / "checkpoint-6", "damaged").name == "checkpoint-6.damaged-2"
+
+
+def test_incomplete_saves_are_removed(tmp_path):
+    (tmp_path / ".checkpoint-4.tmp" / "transformer").mkdir(parents=True)
+    (tmp_path / ".checkpoint-2.deleting").mkdir()
+    assert [path.name for path in remove_incomplete_checkpoints(tmp_path)] == [
+        ".checkpoint-2.deleting",
+        ".checkpoint-4.tmp",
+    ]
+    assert not list(tmp_path.iterdir())
+
+
+def test_one_run_per_output_folder(tmp_path):
+    assert check_output_dir(tmp_path / "new", resume=False, overwrite=False) == []
+    save(tmp_path, 2)
+    (tmp_path / TRAINING_ARGS).write_text("{}")
+    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError) as error:
+        check_output_dir(tmp_path, resume=False, overwrite=False)
+    message = str(error.value)
+    assert "checkpoint-2" in message and "--resume_from_checkpoint latest" in message
+    assert "--overwrite_output_dir" in message
+    assert check_output_dir(tmp_path, resume=True, overwrite=False) == []
+    assert len(check_output_dir(tmp_path, resume=False, overwrite=True)) == 2
+    removed = remove_run_outputs(tmp_path, ["model_index.json", "logs", "/etc", ".."])
+    assert sorted(path.name for path in removed) == ["checkpoint-2", "model_index.json", TRAINING_ARGS]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]  # what the trainer did not write stays
+    assert check_output_dir(tmp_path, resume=False, overwrite=False) == []
+
+
+def test_resume_comparison_and_history():
+    saved = {"learning_rate": 1e-4, "ema_decay": 0.9999, "batch_size": 256, "seed": 0, "model_kwargs": {"a": 1},
+             "output_dir": "x", "validation_class_labels": [1, 2]}  # fmt: skip
+    current = {"learning_rate": 5e-5, "ema_decay": 0.9999, "batch_size": 128, "seed": 1, "model_kwargs": {"a": 1},
+               "output_dir": "y", "validation_class_labels": (1, 2), "new_flag": 3}  # fmt: skip
+    diff = compare_resume_args(saved, current, applicable=["learning_rate", "ema_decay"], ignored=["output_dir"])
+    assert diff.applied == {"learning_rate": (1e-4, 5e-5)}
+    assert diff.refused == {"batch_size": (256, 128), "seed": (0, 1)}  # a tuple equals the saved JSON list
+    message = diff.refusal("run/checkpoint-6")
+    assert "--batch_size: 256 -> 128" in message and "--seed: 0 -> 1" in message and "learning_rate" not in message
+
+    first = with_resume_history(saved, current, diff.applied, step=6)
+    assert first["resume_history"] == [{"step": 6, "changed": {"learning_rate": [1e-4, 5e-5]}}]
+    second = with_resume_history(first, {**current, "learning_rate": 1e-5}, {"learning_rate": (5e-5, 1e-5)}, step=9)
+    assert len(second["resume_history"]) == 2
+    assert with_resume_history(second, current, {}, step=12)["resume_history"] == second["resume_history"]
+    assert value_history("learning_rate", 1e-5, second["resume_history"]) == (
+        "0.0001 (steps 1-6), 5e-05 (steps 7-9), 1e-05 (steps 10-)"
+    )
+    assert value_history("seed", 1, second["resume_history"]) == 1
+
+
+def test_on_main_process_returns_or_raises_everywhere():
+    accelerator = FakeAccelerator()
+    assert on_main_process(accelerator, lambda: 3) == 3
+    with pytest.raises(ValueError, match="boom"):
+        on_main_process(accelerator, lambda: (_ for _ in ()).throw(ValueError("boom")))
+
+
+def test_stop_signals_set_a_flag_and_restore_the_handlers():
+    before = {name: signal.getsignal(getattr(signal, name)) for name in ("SIGTERM", "SIGINT", "SIGUSR1")}
+    with StopSignal() as stop:
+        assert not stop.should_stop()
+        os.kill(os.getpid(), signal.SIGTERM)  # would end the test process without the handler
+        assert stop.received == "SIGTERM" and stop.should_stop()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.received == "SIGTERM"  # the first signal is the one reported
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C after a stop request: stop at once
+            os.kill(os.getpid(), signal.SIGINT)
+    assert {name: signal.getsignal(getattr(signal, name)) for name in before} == before
+    with StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C asks for a stop, like SIGTERM
+        assert stop.received == "SIGINT"
+
+
+def test_all_processes_agree_to_stop():
+    accelerator = FakeAccelerator(reduced_flag=1.0)
+    accelerator.num_processes = 2
+    with StopSignal() as stop:  # this process got no signal, another one did
+        assert stop.received is None and stop.should_stop(accelerator)
+    accelerator.reduced_flag = 0.0
+    assert not StopSignal().should_stop(accelerator)
+
+
+class SignalsItself(torch.utils.data.Dataset):
+    """Each item sends SIGTERM and SIGINT to the process that loads it: a data-loader worker must ignore them."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        return index
+
+
+def test_data_loader_workers_leave_signals_to_the_main_process():
+    loader = torch.utils.data.DataLoader(SignalsItself(), num_workers=1, worker_init_fn=ignore_stop_signals)
+    assert [batch.item() for batch in loader] == [0, 1, 2, 3]
+
+
+def test_module_docstring_examples():
+    import doctest
+
+    import diffusers_repa.training_utils as module
+
+    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
