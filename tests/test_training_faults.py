@@ -2,23 +2,31 @@
 images, and settings that do not fit together (all reported before the first step)."""
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from diffusers_repa import SiTTransformer2DModel
+from diffusers_repa.data import load_image_dataset
+
 from .train_fixtures import (
     COMMON_ARGS,
     REPO_ROOT,
     TINY_SIT,
+    TRAINING_DIR,
     assert_same_tensors,
     build_workspace,
     latent_args,
     make_image_folder,
+    run_prepare,
     run_training,
     subprocess_env,
     training_module,
@@ -184,8 +192,9 @@ def test_bad_images_are_converted_or_skipped_and_counted(tmp_path, workspace):
             r"stored features 'features_dino' are \(16, 16\)",
         ),
         (["--batch_size", "6", "--gradient_accumulation_steps", "4"], r"--batch_size 6 .* divisible"),
+        (["--validation_class_labels", "0", "3"], r"--validation_class_labels \[3\] are not class ids in \[0, 2\]"),
     ],
-    ids=["depth", "resolution", "encoder-tokens", "batch"],
+    ids=["depth", "resolution", "encoder-tokens", "batch", "validation-labels"],
 )
 def test_mismatches_fail_before_the_first_step(workspace, tmp_path, monkeypatch, extra, message):
     def first_step(*args, **kwargs):
@@ -203,3 +212,110 @@ def test_resolution_the_encoder_cannot_use_fails_before_the_first_step(workspace
             + ["--train_data_dir", str(workspace.images), "--encoder", str(workspace.dino), "--resolution", "40",
                "--model", "SiT-S/8", "--output_dir", str(tmp_path / "run"), "--cache_dir", str(tmp_path / "cache")]
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--checkpoints_total_limit", "0"], "--checkpoints_total_limit must be a positive integer, got 0"),
+        (["--checkpoints_total_limit", "-1"], "--checkpoints_total_limit must be a positive integer, got -1"),
+        (["--ema_decay", "1.5"], r"--ema_decay must be in \[0, 1\)"),
+        (["--ema_decay", "1"], r"--ema_decay must be in \[0, 1\)"),
+        (["--learning_rate=-1e-4"], "--learning_rate must be a positive number"),
+        (["--learning_rate", "nan"], "--learning_rate must be a positive number, got nan"),
+        (["--batch_size", "0"], "--batch_size must be a positive integer"),
+        (["--cfg_prob", "1.0"], r"--cfg_prob must be in \[0, 1\)"),
+        (["--adam_beta2", "1"], r"--adam_beta2 must be in \[0, 1\)"),
+        (["--lr_warmup_steps", "-5"], "--lr_warmup_steps must be >= 0"),
+        (["--proj_coeff", "-0.5"], "--proj_coeff must be >= 0"),
+        (["--latent_scale", "0"], "--latent_scale must be a finite non-zero number"),
+        (["--max_grad_norm", "nan"], "--max_grad_norm must be a number"),
+        (["--validation_steps", "0"], "--validation_steps must be a positive integer"),
+        (["--model_kwargs", "[1, 2]"], "expected a JSON object"),
+        (["--model_kwargs", "{num_layers: 2}"], "not valid JSON"),
+        (["--overwrite_output_dir", "--resume_from_checkpoint", "latest"], "cannot be combined"),
+    ],
+)
+def test_bad_option_values_are_refused_at_parse_time(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        train_repa.parse_args(["--train_data_dir", "images", *flags])
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_validation_samples_in_eval_mode_and_training_goes_on_in_train_mode(workspace, tmp_path, monkeypatch):
+    """In train mode the model drops 10% of the class labels: sampling must never run in it."""
+    calls, validating = [], []
+    original_forward, original_grid = SiTTransformer2DModel.forward, train_repa.sample_grid
+
+    def forward(self, *args, **kwargs):
+        calls.append((bool(validating), self.training))
+        return original_forward(self, *args, **kwargs)
+
+    def sample_grid(*args, **kwargs):
+        validating.append(True)
+        try:
+            return original_grid(*args, **kwargs)
+        finally:
+            validating.clear()
+
+    monkeypatch.setattr(SiTTransformer2DModel, "forward", forward)
+    monkeypatch.setattr(train_repa, "sample_grid", sample_grid)
+    argv = latent_args(workspace, tmp_path / "run", "--max_train_steps", "4", "--checkpointing_steps", "4")
+    run_training(argv + ["--validation_steps", "2"])  # grids after steps 2 and 4, and the final one
+    sampling = [training for in_validation, training in calls if in_validation]
+    training = [training for in_validation, training in calls if not in_validation]
+    assert len(sampling) == 3 * 2 and not any(sampling)  # 3 grids x 2 steps (one call each: CFG is batched) ...
+    assert len(training) == 4 and all(training)  # ... and every training step after a validation in train mode
+
+
+def prepare_argv(workspace, output, *extra: str, workers: int = 0) -> list[str]:
+    return [
+        "--train_data_dir", str(workspace.images), "--resolution", "32", "--vae", str(workspace.vae),
+        "--output_dir", str(output), "--cache_dir", str(workspace.cache), "--dataloader_num_workers", str(workers),
+        *extra,
+    ]  # fmt: skip
+
+
+def test_prepare_latents_stops_on_sigint_after_a_whole_shard_and_resumes(workspace, tmp_path):
+    output, log = tmp_path / "prepared", tmp_path / "log.txt"
+    argv = prepare_argv(workspace, output, "--shard_size", "2", "--batch_size", "2", workers=1)
+    command = [sys.executable, str(TRAINING_DIR / "prepare_latents.py"), *argv]
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if list((output / "data").glob("train-*.parquet")):
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the main process and its data-loader worker
+            break
+        time.sleep(0.02)
+    process.wait(timeout=300)
+    text = log.read_text(errors="replace")
+    assert process.returncode == 0 and "Traceback" not in text, text[-3000:]
+    assert re.search(r"Stopped by SIGINT: \d+ shards are complete .* Run the same command again", text), text[-2000:]
+    shards = sorted((output / "data").glob("train-*.parquet"))
+    assert 1 <= len(shards) < 12 and not list(output.rglob(".*.tmp")) and not (output / "README.md").exists()
+    assert len(list((output / ".stats").glob("shard-*.json"))) >= len(shards)
+
+    run_prepare(prepare_argv(workspace, output, "--shard_size", "2"))  # the rest: the same rows as a run in one go
+    resumed = load_image_dataset(dataset_name=str(output), cache_dir=str(tmp_path / "cache"))
+    reference = load_image_dataset(dataset_name=str(workspace.data), cache_dir=str(tmp_path / "cache"))
+    assert len(resumed) == len(reference) == 24 and resumed["label"] == reference["label"]
+    # (batches of 2 instead of 10 change the VAE's float rounding, nothing else)
+    torch.testing.assert_close(torch.tensor(resumed["moments"]), torch.tensor(reference["moments"]), rtol=0, atol=1e-5)
+    assert "24 images" in (output / "README.md").read_text()
+
+
+def test_prepare_latents_a_failed_start_does_not_block_the_corrected_command(workspace, tmp_path):
+    output = tmp_path / "prepared"
+    argv = prepare_argv(workspace, output, "--shard_size", "12")
+    wrong = argv[:]
+    wrong[wrong.index("--vae") + 1] = str(tmp_path / "no-such-vae")
+    with pytest.raises(OSError):
+        run_prepare(wrong)
+    run_prepare(argv)  # was refused: "holds shards prepared with other settings"
+    assert len(list((output / "data").glob("train-*.parquet"))) == 2
+    changed = prepare_argv(workspace, output, "--shard_size", "5")
+    with pytest.raises(ValueError, match="holds shards prepared with other settings"):  # once shards exist
+        run_prepare(changed)
