@@ -206,6 +206,15 @@ def test_hidden_states_skip_blocks_after_the_deepest_layer():
     assert not model.transformer_blocks[1]._forward_hooks  # hooks removed
 
 
+def test_hidden_states_of_a_wrapped_model():
+    model = _tiny_sit()
+    wrapper = torch.nn.Module()
+    wrapper.module = model  # how DDP (accelerate.prepare) holds the model
+    sample, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    expected = sit_hidden_states(model, sample, 0.4, [3], noise=noise)[3]
+    torch.testing.assert_close(sit_hidden_states(wrapper, sample, 0.4, [3], noise=noise)[3], expected)
+
+
 def test_hidden_states_errors():
     model = _tiny_sit()
     sample = torch.randn(2, 4, 8, 8)
