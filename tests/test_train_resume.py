@@ -107,9 +107,10 @@ def edit_checkpoint(checkpoint, learning_rate: float, ema_decay: float) -> None:
     config = json.loads((checkpoint / "transformer_ema" / "config.json").read_text())
     config["decay"] = config["min_decay"] = ema_decay
     (checkpoint / "transformer_ema" / "config.json").write_text(json.dumps(config))
-    options = json.loads((checkpoint / "training_args.json").read_text())
-    options.update(learning_rate=learning_rate, ema_decay=ema_decay)
-    (checkpoint / "training_args.json").write_text(json.dumps(options))
+    if (checkpoint / "training_args.json").is_file():
+        options = json.loads((checkpoint / "training_args.json").read_text())
+        options.update(learning_rate=learning_rate, ema_decay=ema_decay)
+        (checkpoint / "training_args.json").write_text(json.dumps(options))
     training_utils.write_manifest(checkpoint, num_processes=1)
 
 
