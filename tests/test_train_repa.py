@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from diffusers_repa import REPAPipeline, REPAProjector, SiTTransformer2DModel
-from diffusers_repa.alignment import AlignmentEncoder
+from diffusers_repa.alignment import AlignmentEncoder, REPALoss
 from diffusers_repa.model_card import LORA_WEIGHT_NAME
 
 from .train_fixtures import (
@@ -177,18 +177,39 @@ def test_alignment_stop_and_coefficient_schedule_with_accumulation(workspace):
     assert_same_tensors(output / "checkpoint-2" / "projector", output / "projector")
 
 
-def test_other_official_options_run(workspace):
-    """--legacy, lognormal times, the cosine path, qk-norm, gradient checkpointing and bf16 autocast together."""
+def test_other_official_options_run(workspace, monkeypatch):
+    """--legacy, lognormal times, the cosine path, qk-norm, gradient checkpointing and bf16 autocast together, each
+    observed in the training step (the loss's settings, the labels it gets, the model's mode and compute dtype)."""
+    steps, original_call = [], REPALoss.__call__
+
+    def call(loss_fn, transformer, projector, latents, class_labels, *args, **kwargs):
+        linear = next(module for module in transformer.modules() if isinstance(module, torch.nn.Linear))
+        dtypes = []
+        hook = linear.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+        try:
+            output = original_call(loss_fn, transformer, projector, latents, class_labels, *args, **kwargs)
+        finally:
+            hook.remove()
+        steps.append((repr(loss_fn), class_labels.tolist(), transformer.is_gradient_checkpointing, set(dtypes)))
+        return output
+
+    monkeypatch.setattr(REPALoss, "__call__", call)
     output = workspace.root / "options"
     run_training(
         latent_args(
             workspace, output, "--max_train_steps", "2", "--checkpointing_steps", "2", "--legacy", "--weighting",
             "lognormal", "--path_type", "cosine", "--qk_norm", "--gradient_checkpointing", "--mixed_precision", "bf16",
-            "--cfg_prob", "0.2",
+            "--cfg_prob", "0.9",
         )
     )  # fmt: skip
+    assert len(steps) == 2
+    for loss, _, checkpointing, dtypes in steps:
+        assert loss == "REPALoss(path_type='cosine', weighting='lognormal', proj_coeff=0.5)"
+        assert checkpointing and dtypes == {torch.bfloat16}
+    labels = [label for _, step_labels, _, _ in steps for label in step_labels]
+    assert labels.count(3) >= len(labels) // 2  # --legacy already dropped ~90% of them to the null class (id 3)
     transformer = SiTTransformer2DModel.from_pretrained(output, subfolder="transformer")
-    assert transformer.config.qk_norm and transformer.config.class_dropout_prob == 0.2
+    assert transformer.config.qk_norm and transformer.config.class_dropout_prob == 0.9
     assert REPAPipeline.from_pretrained(output).scheduler.config.path_type == "cosine"
 
 
@@ -212,21 +233,34 @@ def test_proj_coeff_schedules():
     assert train_repa.proj_coeff_at(9, args) > 0 and train_repa.proj_coeff_at(10, args) == 0.0
 
 
-def test_two_processes_end_with_identical_weights(workspace, tmp_path):
+def test_two_processes_draw_apart_and_end_with_identical_weights(workspace, tmp_path):
     """`accelerate launch` with 2 CPU processes: prepare the data (sharded over both) and train; every rank dumps
-    its models at the end."""
+    its models at the end, and the flow times and target features of each of its `REPALoss` calls."""
     launcher = tmp_path / "launch_both.py"
     launcher.write_text(
         "import json, sys\n"
         "from accelerate import Accelerator\n"
         "from safetensors.torch import save_file\n"
+        "import torch\n"
+        "from diffusers_repa.alignment import REPALoss\n"
         "import prepare_latents, train_repa\n"
         "dump_dir, prepare_argv, train_argv = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])\n"
+        "draws = []\n"
+        "original_call = REPALoss.__call__\n"
+        "def call(self, transformer, projector, latents, labels, features, *args, **kwargs):\n"
+        "    output = original_call(self, transformer, projector, latents, labels, features, *args, **kwargs)\n"
+        "    draws.append((output.timesteps.detach().clone(), features[0].detach().clone()))\n"
+        "    return output\n"
+        "REPALoss.__call__ = call\n"
         "original = Accelerator.end_training\n"
         "def end_training(self):\n"
         "    for i, model in enumerate(self._models):\n"
         "        state = {k: v.contiguous() for k, v in self.unwrap_model(model).state_dict().items()}\n"
         "        save_file(state, f'{dump_dir}/rank{self.process_index}_model{i}.safetensors')\n"
+        "    if draws:\n"
+        "        times, features = (torch.stack(column) for column in zip(*draws))\n"
+        "        draws_file = f'{dump_dir}/rank{self.process_index}_draws.safetensors'\n"
+        "        save_file({'timesteps': times, 'features': features}, draws_file)\n"
         "    if self._models:  # keep the process group of the prepare step for the training step\n"
         "        original(self)\n"
         "Accelerator.end_training = end_training\n"
@@ -256,6 +290,12 @@ def test_two_processes_end_with_identical_weights(workspace, tmp_path):
         rank0 = load_file(tmp_path / f"rank0_model{index}.safetensors")
         rank1 = load_file(tmp_path / f"rank1_model{index}.safetensors")
         assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
+    # Each rank draws its own flow times (seed + process index) and sees its own images: 4 / 2 per loss call.
+    rank0, rank1 = (load_file(tmp_path / f"rank{rank}_draws.safetensors") for rank in range(2))
+    assert rank0["timesteps"].shape == rank1["timesteps"].shape == (3, 2)  # 3 steps of 2 images per process
+    assert (rank0["timesteps"] != rank1["timesteps"]).all()
+    seen0, seen1 = (rank["features"].flatten(0, 1).flatten(1) for rank in (rank0, rank1))  # (6 images, features)
+    assert seen0.shape == (6, 16 * 16) and torch.cdist(seen0, seen1).min() > 0  # 12 distinct images of the epoch
     assert {path.name for path in (output / "checkpoint-3").glob("random_states_*.pkl")} == {
         "random_states_0.pkl",
         "random_states_1.pkl",
