@@ -12,10 +12,12 @@ import pytest
 
 from diffusers_repa.sample import main, sample_labels
 
-# Runs `sample` in a subprocess with every batch slowed down, so that a signal reliably lands mid-run.
+# Runs `sample` in a subprocess with every batch slowed down, so that a signal reliably lands mid-run; each process
+# writes its pid to `pid-<rank>` in the working directory.
 SLOW_SAMPLE = """
-import sys, time
+import os, sys, time
 import diffusers_repa.sample as sample
+open(f"pid-{os.environ.get('RANK', '0')}", "w").write(str(os.getpid()))
 original = sample.generate
 def slow(*args, **kwargs):
     time.sleep(1.0)
@@ -203,28 +205,29 @@ def test_labels():
     np.testing.assert_array_equal(random, sample_labels(50, 10, "random", 0))
 
 
-def test_accelerate_launch_two_processes(repa_tiny_pipeline_dir, tmp_path):
-    single = tmp_path / "single.npz"
-    assert main(npz_argv(repa_tiny_pipeline_dir, single, "--num_images", "3", "--batch_size", "1")) == 0
-    output = tmp_path / "two.npz"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "2",
-        "--cpu",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "diffusers_repa.sample",
-        *npz_argv(repa_tiny_pipeline_dir, output, "--num_images", "3", "--batch_size", "1"),
-    ]
+def test_two_processes_share_the_work_and_stop_together(repa_tiny_pipeline_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo): SIGTERM to one worker stops both; a single process then resumes."""
+    extra = ("--num_images", "12", "--batch_size", "1")
+    reference = tmp_path / "reference.npz"
+    assert main(npz_argv(repa_tiny_pipeline_dir, reference, *extra)) == 0
+    script = tmp_path / "slow_sample.py"
+    script.write_text(SLOW_SAMPLE)
+    output, parts = tmp_path / "two.npz", tmp_path / "two.npz.parts"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               *npz_argv(repa_tiny_pipeline_dir, output, *extra)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    np.testing.assert_array_equal(np.load(output)["arr_0"], np.load(single)["arr_0"])
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 240
+    while len(list(parts.glob("batch_*.npz"))) < 2 and process.poll() is None:
+        assert time.monotonic() < deadline, "no batch was written in time"
+        time.sleep(0.05)
+    os.kill(int((tmp_path / "pid-1").read_text()), signal.SIGTERM)  # rank 1 only, rank 0 must follow
+    _, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err[-3000:]
+    assert "/6 [" in err  # 12 batches shared by 2 processes: 6 each
+    assert "Stopped by a signal to another process" in err and "Traceback" not in err
+    assert not output.exists() and len(list(parts.glob("batch_*.npz"))) < 12
+    assert main(npz_argv(repa_tiny_pipeline_dir, output, *extra)) == 0
+    assert_same_npz(output, reference)

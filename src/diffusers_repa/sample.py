@@ -76,6 +76,15 @@ def sample_labels(num_images: int, num_classes: int, mode: str, seed: int) -> np
     return torch.randint(num_classes, (num_images,), generator=generator).numpy()
 
 
+def process_state() -> PartialState:
+    """
+    accelerate's `PartialState`; on a machine without CUDA, a multi-process launch (`torchrun --nproc_per_node N`)
+    shares the work over gloo, where a plain `PartialState()` would make every process a lone process 0.
+    """
+    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
+    return PartialState(cpu=launched and not torch.cuda.is_available())
+
+
 def check_model_source(model: str) -> None:
     """
     Refuse a `--model` that is neither a pipeline folder nor a plausible Hub repo id, in one sentence (instead of a
@@ -155,7 +164,7 @@ def caption(pipeline: REPAPipeline, label: int) -> str:
 
 
 def run_grid(args: argparse.Namespace) -> None:
-    state = PartialState()
+    state = process_state()
     if not state.is_main_process:
         return
     pipeline = load_pipeline(args, state.device)
@@ -196,7 +205,7 @@ def _agree_to_stop(stop: StopSignal, state: PartialState) -> bool:
 
 
 def run_npz(args: argparse.Namespace, stop: StopSignal) -> None:
-    state = PartialState()
+    state = process_state()
     # Everything that can be wrong with the arguments is found before anything is written.
     pipeline = load_pipeline(args, state.device)
     config = pipeline.transformer.config
