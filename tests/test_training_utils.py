@@ -26,6 +26,7 @@ from diffusers_repa.training_utils import (
     list_checkpoints,
     move_aside,
     on_main_process,
+    prepare_run_folder,
     prune_checkpoints,
     remove_incomplete_checkpoints,
     remove_run_outputs,
@@ -287,3 +288,37 @@ def test_module_docstring_examples():
     import diffusers_repa.training_utils as module
 
     assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_checkpoint_errors_survive_the_trip_to_other_processes(tmp_path):
+    import pickle
+
+    error = pickle.loads(pickle.dumps(CheckpointError(tmp_path, tmp_path / "optimizer.bin", "is missing")))
+    assert isinstance(error, CheckpointError) and error.file == tmp_path / "optimizer.bin"
+    assert str(error) == f"{tmp_path / 'optimizer.bin'} is missing"
+
+
+def test_prepare_run_folder_rewinds_falls_back_and_stops_when_nothing_is_complete(tmp_path, caplog):
+    accelerator = FakeAccelerator()
+    for step in (2, 4, 6):
+        save(tmp_path, step)
+    # An explicit rewind to checkpoint-2: the later ones belong to the abandoned run and are renamed aside.
+    assert prepare_run_folder(accelerator, tmp_path, "checkpoint-2") == tmp_path / "checkpoint-2"
+    assert steps_of(tmp_path) == [2] and (tmp_path / "checkpoint-6.superseded").is_dir()
+    assert "Renamed checkpoint-4 to checkpoint-4.superseded" in caplog.text
+
+    truncate(tmp_path / "checkpoint-2" / "optimizer.bin")
+    with pytest.raises(
+        ValueError, match=r"No complete checkpoint .*checkpoint-2/optimizer\.bin.*--overwrite_output_dir"
+    ):
+        prepare_run_folder(accelerator, tmp_path, "latest")
+    assert steps_of(tmp_path) == [2]  # nothing renamed or deleted when the run stops
+    with pytest.raises(ValueError, match="holds another training run"):
+        prepare_run_folder(accelerator, tmp_path, None)
+    assert prepare_run_folder(accelerator, tmp_path, None, overwrite=True) is None
+    assert list(tmp_path.iterdir()) == []
+    assert prepare_run_folder(accelerator, tmp_path, "latest") is None  # nothing to resume: a new run
+
+
+def steps_of(output_dir) -> list[int]:
+    return [step for step, _ in list_checkpoints(output_dir)]

@@ -66,16 +66,12 @@ from diffusers_repa.training_utils import (
     TRAINING_STATE,
     CheckpointError,
     StopSignal,
-    check_output_dir,
-    checkpoints_after,
+    apply_resume_changes,
     compare_resume_args,
-    find_resume_checkpoint,
     ignore_stop_signals,
     list_checkpoints,
-    move_aside,
-    on_main_process,
-    remove_incomplete_checkpoints,
-    remove_run_outputs,
+    load_resume_args,
+    prepare_run_folder,
     save_checkpoint,
     value_history,
     with_resume_history,
@@ -434,42 +430,19 @@ def load_training_data(args: argparse.Namespace) -> tuple[datasets.Dataset, dict
 
 
 def prepare_output_dir(accelerator: Accelerator, args: argparse.Namespace, output_dir: Path) -> Path | None:
-    """
-    Make `output_dir` ready on the main process, and return the checkpoint to resume from (or None) on all:
-    a fresh run into a folder holding another run stops (unless --overwrite_output_dir, which deletes that run);
-    leftovers of interrupted saves are removed; the checkpoint is verified whole, and with `latest` a damaged one is
-    skipped (with a warning naming the bad file) for the newest complete one. Checkpoints newer than the one resumed
-    from (damaged, or from the run a rewind abandons) are renamed aside, so that a later `latest` never mixes them in.
-    """
+    """The checkpoint to resume from (or None), after [`prepare_run_folder`] made `output_dir` ready."""
     required = ["optimizer.bin", "scheduler.bin", "random_states_0.pkl"]
     required += ["transformer_lora"] if args.lora_rank is not None else ["transformer", "transformer_ema"]
     required += ["projector"] if args.proj_coeff > 0 else []
-
-    def prepare() -> Path | None:
-        earlier = check_output_dir(output_dir, args.resume_from_checkpoint is not None, args.overwrite_output_dir)
-        if earlier:
-            removed = remove_run_outputs(output_dir, [*RUN_OUTPUTS, args.logging_dir])
-            logger.warning(f"--overwrite_output_dir: deleted {', '.join(path.name for path in removed)}.")
-        output_dir.mkdir(parents=True, exist_ok=True)
-        remove_incomplete_checkpoints(output_dir)
-        resume_path, skipped = find_resume_checkpoint(args.resume_from_checkpoint, output_dir, required)
-        for error in skipped:
-            logger.warning(
-                f"Not resuming from {error.checkpoint.name}: {error}. Falling back to "
-                f"{resume_path.name if resume_path else 'a new run'}."
-            )
-        if args.resume_from_checkpoint == "latest" and resume_path is None and not skipped:
-            logger.info(f"No checkpoint in {output_dir}: starting a new run.")
-        step = -1 if resume_path is None else int(json.loads((resume_path / TRAINING_STATE).read_text())["global_step"])
-        if resume_path is not None or skipped:
-            for path in checkpoints_after(output_dir, step):
-                damaged = any(error.checkpoint == path for error in skipped)
-                moved = move_aside(path, "damaged" if damaged else "superseded")
-                logger.warning(f"Renamed {path.name} to {moved.name}: it is newer than the step resumed from.")
-        return resume_path
-
     try:
-        return on_main_process(accelerator, prepare)
+        return prepare_run_folder(
+            accelerator,
+            output_dir,
+            args.resume_from_checkpoint,
+            overwrite=args.overwrite_output_dir,
+            required=required,
+            run_outputs=[*RUN_OUTPUTS, args.logging_dir],
+        )
     except CheckpointError as error:  # an explicit checkpoint that is incomplete or damaged
         raise ValueError(
             f"--resume_from_checkpoint {args.resume_from_checkpoint}: {error}. Resume from another checkpoint "
@@ -482,13 +455,10 @@ def resume_args(args: argparse.Namespace, run_args: dict[str, Any], resume_path:
     Compare this command's options with those `resume_path` was trained with: refused changes raise one error
     listing them all; the others are returned (to apply and log), with `run_args` plus the history of changes.
     """
-    saved_file = next(
-        (path for path in (resume_path / TRAINING_ARGS, resume_path.parent / TRAINING_ARGS) if path.is_file()), None
-    )
-    if saved_file is None:
+    saved = load_resume_args(resume_path)
+    if saved is None:
         logger.warning(f"{resume_path} does not record its options: they cannot be compared with this command's.")
         return run_args, {}
-    saved = json.loads(saved_file.read_text())
     diff = compare_resume_args(saved, run_args, RESUME_CAN_CHANGE, RESUME_NOT_COMPARED)
     if "proj_coeff" in diff.applied and (saved["proj_coeff"] > 0) != (args.proj_coeff > 0):
         diff.refused["proj_coeff"] = diff.applied.pop("proj_coeff")  # turns the alignment (its projector) on or off
@@ -500,32 +470,45 @@ def resume_args(args: argparse.Namespace, run_args: dict[str, Any], resume_path:
     return with_resume_history(saved, run_args, diff.applied, step), diff.applied
 
 
-def apply_resume_changes(
-    changes: dict, optimizer: torch.optim.Optimizer, lr_scheduler, ema: EMAModel | None, args: argparse.Namespace
-) -> None:
-    """
-    Make the changes a resume applies take effect on the restored optimizer, learning-rate schedule and EMA (which
-    would otherwise keep the checkpoint's values); the other options are read from `args` at each step.
-    """
-    updates = {}
-    if {"adam_beta1", "adam_beta2"} & changes.keys():
-        updates["betas"] = (args.adam_beta1, args.adam_beta2)
-    if "adam_weight_decay" in changes:
-        updates["weight_decay"] = args.adam_weight_decay
-    if "adam_epsilon" in changes:
-        updates["eps"] = args.adam_epsilon
-    for group in optimizer.param_groups:
-        group.update(updates)
-    if {"learning_rate", "lr_scheduler", "lr_warmup_steps", "max_train_steps"} & changes.keys():
-        schedule = lr_scheduler.scheduler  # accelerate's wrapper holds the torch scheduler
-        schedule.base_lrs = [args.learning_rate] * len(optimizer.param_groups)
-        factors = [factor(schedule.last_epoch) for factor in schedule.lr_lambdas]  # the (new) schedule at this step
-        rates = [base * factor for base, factor in zip(schedule.base_lrs, factors, strict=True)]
-        for group, rate in zip(optimizer.param_groups, rates, strict=True):
-            group["initial_lr"], group["lr"] = args.learning_rate, rate
-        schedule._last_lr = rates
-    if ema is not None and "ema_decay" in changes:
-        ema.decay = ema.min_decay = args.ema_decay
+def register_checkpoint_hooks(accelerator: Accelerator, ema: EMAModel | None, lora: bool) -> None:
+    """Save and load the models of a checkpoint in diffusers' format: `transformer/` (or `transformer_lora/`),
+    `transformer_ema/` and `projector/`, instead of accelerate's `model.safetensors` files."""
+
+    def save_model_hook(models, weights, checkpoint_dir):
+        if accelerator.is_main_process:
+            for model in models:
+                model = accelerator.unwrap_model(model)
+                if isinstance(model, REPAProjector):
+                    model.save_pretrained(os.path.join(checkpoint_dir, "projector"))
+                elif lora:
+                    model.save_lora_adapter(os.path.join(checkpoint_dir, "transformer_lora"))
+                else:
+                    model.save_pretrained(os.path.join(checkpoint_dir, "transformer"))
+            if ema is not None:
+                # EMAModel builds a randomly initialised model to save: keep that off the training's random stream, so
+                # that a run's numbers do not depend on when it saved (an extra checkpoint on SIGTERM, a new cadence).
+                with torch.random.fork_rng(devices=[]):
+                    ema.save_pretrained(os.path.join(checkpoint_dir, "transformer_ema"))
+        weights.clear()  # everything is saved above, in diffusers' format
+
+    def load_model_hook(models, checkpoint_dir):
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            if isinstance(model, REPAProjector):
+                model.load_state_dict(REPAProjector.from_pretrained(checkpoint_dir, subfolder="projector").state_dict())
+            elif lora:
+                adapter = load_file(os.path.join(checkpoint_dir, "transformer_lora", LORA_WEIGHT_NAME))
+                set_peft_model_state_dict(model, adapter, adapter_name="default")
+            else:
+                loaded = SiTTransformer2DModel.from_pretrained(checkpoint_dir, subfolder="transformer")
+                model.load_state_dict(loaded.state_dict())
+        if ema is not None:
+            loaded = EMAModel.from_pretrained(os.path.join(checkpoint_dir, "transformer_ema"), SiTTransformer2DModel)
+            ema.load_state_dict(loaded.state_dict())
+            ema.to(accelerator.device)
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -816,41 +799,7 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
         )
         ema.to(accelerator.device)
 
-    def save_model_hook(models, weights, checkpoint_dir):
-        if accelerator.is_main_process:
-            for model in models:
-                model = accelerator.unwrap_model(model)
-                if isinstance(model, REPAProjector):
-                    model.save_pretrained(os.path.join(checkpoint_dir, "projector"))
-                elif args.lora_rank is not None:
-                    model.save_lora_adapter(os.path.join(checkpoint_dir, "transformer_lora"))
-                else:
-                    model.save_pretrained(os.path.join(checkpoint_dir, "transformer"))
-            if ema is not None:
-                # EMAModel builds a randomly initialised model to save: keep that off the training's random stream, so
-                # that a run's numbers do not depend on when it saved (an extra checkpoint on SIGTERM, a new cadence).
-                with torch.random.fork_rng(devices=[]):
-                    ema.save_pretrained(os.path.join(checkpoint_dir, "transformer_ema"))
-        weights.clear()  # everything is saved above, in diffusers' format
-
-    def load_model_hook(models, checkpoint_dir):
-        while models:
-            model = accelerator.unwrap_model(models.pop())
-            if isinstance(model, REPAProjector):
-                model.load_state_dict(REPAProjector.from_pretrained(checkpoint_dir, subfolder="projector").state_dict())
-            elif args.lora_rank is not None:
-                adapter = load_file(os.path.join(checkpoint_dir, "transformer_lora", LORA_WEIGHT_NAME))
-                set_peft_model_state_dict(model, adapter, adapter_name="default")
-            else:
-                loaded = SiTTransformer2DModel.from_pretrained(checkpoint_dir, subfolder="transformer")
-                model.load_state_dict(loaded.state_dict())
-        if ema is not None:
-            loaded = EMAModel.from_pretrained(os.path.join(checkpoint_dir, "transformer_ema"), SiTTransformer2DModel)
-            ema.load_state_dict(loaded.state_dict())
-            ema.to(accelerator.device)
-
-    accelerator.register_save_state_pre_hook(save_model_hook)
-    accelerator.register_load_state_pre_hook(load_model_hook)
+    register_checkpoint_hooks(accelerator, ema, lora=args.lora_rank is not None)
 
     trainable = [parameter for parameter in transformer.parameters() if parameter.requires_grad]
     if projector is not None:

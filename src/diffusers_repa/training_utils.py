@@ -25,6 +25,7 @@ Example:
 >>> diff = compare_resume_args(saved, current, applicable=["learning_rate"])
 >>> diff.applied, diff.refused
 ({'learning_rate': (0.0001, 5e-05)}, {'seed': (0, 1)})
+
 ```
 """
 
@@ -59,6 +60,9 @@ class CheckpointError(ValueError):
     def __init__(self, checkpoint: Path, file: Path, reason: str):
         self.checkpoint, self.file, self.reason = Path(checkpoint), Path(file), reason
         super().__init__(f"{self.file} {reason}")
+
+    def __reduce__(self):  # rebuilt from its parts when sent to the other processes
+        return type(self), (self.checkpoint, self.file, self.reason)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -334,6 +338,63 @@ def checkpoints_after(output_dir: Path, step: int) -> list[Path]:
     return sorted(found, key=lambda path: int(path.name.split("-")[1]))
 
 
+def load_resume_args(checkpoint: Path) -> dict[str, Any] | None:
+    """The options `checkpoint` was trained with: its `training_args.json`, else (older ones) the run folder's."""
+    for path in (Path(checkpoint) / TRAINING_ARGS, Path(checkpoint).parent / TRAINING_ARGS):
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+    return None
+
+
+def prepare_run_folder(
+    accelerator,
+    output_dir: Path,
+    resume_from_checkpoint: str | None,
+    overwrite: bool = False,
+    required: Iterable[str] = (),
+    run_outputs: Iterable[str] = (),
+) -> Path | None:
+    """
+    Make `output_dir` ready on the main process, and return the checkpoint to resume from (or None) on every process.
+
+    A fresh run into a folder holding another run stops ([`check_output_dir`]), unless `overwrite`, which first
+    deletes that run (checkpoints, `training_args.json` and the `run_outputs` names). Leftovers of interrupted saves
+    are removed. The checkpoint is verified whole ([`verify_checkpoint`], with `required` paths); with `latest` a
+    damaged one is skipped, with a warning naming the bad file, for the newest complete one, and if none is complete
+    the run stops. Checkpoints newer than the one resumed from (damaged, or from a run that a rewind abandons) are
+    renamed `checkpoint-N.damaged` / `checkpoint-N.superseded`, so that a later `latest` never mixes them in.
+    """
+    output_dir = Path(output_dir)
+
+    def prepare() -> Path | None:
+        earlier = check_output_dir(output_dir, resume_from_checkpoint is not None, overwrite)
+        if earlier:
+            removed = remove_run_outputs(output_dir, run_outputs)
+            logger.warning(f"--overwrite_output_dir: deleted {', '.join(path.name for path in removed)}.")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_incomplete_checkpoints(output_dir)
+        resume_path, skipped = find_resume_checkpoint(resume_from_checkpoint, output_dir, required)
+        if skipped and resume_path is None:
+            raise ValueError(
+                f"No complete checkpoint in {output_dir} to resume from: "
+                + "; ".join(str(error) for error in skipped)
+                + ". Restore them, or start over with --overwrite_output_dir (without --resume_from_checkpoint)."
+            )
+        for error in skipped:
+            logger.warning(f"Not resuming from {error.checkpoint.name}: {error}. Using {resume_path.name} instead.")
+        if resume_from_checkpoint == "latest" and resume_path is None:
+            logger.info(f"No checkpoint in {output_dir}: starting a new run.")
+        if resume_path is not None:
+            step = json.loads((resume_path / TRAINING_STATE).read_text())["global_step"]
+            damaged = {error.checkpoint for error in skipped}
+            for path in checkpoints_after(output_dir, step):
+                moved = move_aside(path, "damaged" if path in damaged else "superseded")
+                logger.warning(f"Renamed {path.name} to {moved.name}: it is newer than the step resumed from.")
+        return resume_path
+
+    return on_main_process(accelerator, prepare)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # One run per output folder
 # ----------------------------------------------------------------------------------------------------------------------
@@ -452,6 +513,35 @@ def value_history(name: str, value: Any, history: Iterable[Mapping[str, Any]]) -
     return ", ".join(parts)
 
 
+def apply_resume_changes(changes: Mapping[str, Any], optimizer, lr_scheduler, ema, args) -> None:
+    """
+    Make the options a resume changed take effect on the restored optimizer, learning-rate schedule and EMA, which
+    would otherwise keep the checkpoint's values: `learning_rate` (and anything that changes the schedule: the new
+    schedule is evaluated at the restored step), `adam_beta1`/`adam_beta2`/`adam_weight_decay`/`adam_epsilon`, and
+    `ema_decay` (a constant decay). `args` holds the new values under those names (diffusers' example flags);
+    `lr_scheduler` is accelerate's wrapper of a `LambdaLR` (diffusers' `get_scheduler`), `ema` an `EMAModel` or None.
+    """
+    updates = {}
+    if {"adam_beta1", "adam_beta2"} & changes.keys():
+        updates["betas"] = (args.adam_beta1, args.adam_beta2)
+    if "adam_weight_decay" in changes:
+        updates["weight_decay"] = args.adam_weight_decay
+    if "adam_epsilon" in changes:
+        updates["eps"] = args.adam_epsilon
+    for group in optimizer.param_groups:
+        group.update(updates)
+    if {"learning_rate", "lr_scheduler", "lr_warmup_steps", "max_train_steps"} & changes.keys():
+        schedule = lr_scheduler.scheduler  # accelerate's wrapper holds the torch scheduler
+        schedule.base_lrs = [args.learning_rate] * len(optimizer.param_groups)
+        factors = [factor(schedule.last_epoch) for factor in schedule.lr_lambdas]  # the (new) schedule at this step
+        rates = [base * factor for base, factor in zip(schedule.base_lrs, factors, strict=True)]
+        for group, rate in zip(optimizer.param_groups, rates, strict=True):
+            group["initial_lr"], group["lr"] = args.learning_rate, rate
+        schedule._last_lr = rates
+    if ema is not None and "ema_decay" in changes:
+        ema.decay = ema.min_decay = args.ema_decay
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Processes: run on the main process and share the outcome; stop on a signal at the same step everywhere
 # ----------------------------------------------------------------------------------------------------------------------
@@ -499,6 +589,7 @@ class StopSignal:
     ...     os.kill(os.getpid(), signal.SIGTERM)
     ...     stop.received
     'SIGTERM'
+
     ```
     """
 
