@@ -20,7 +20,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.embeddings import LabelEmbedding, PatchEmbed, TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormZero
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, apply_lora_scale
 from torch import nn
 
 from .strict_loading import StrictLoadingMixin
@@ -316,6 +316,7 @@ class SiTTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, Attenti
             )
         return torch.tensor([int(v) for v in values], dtype=torch.long, device=device)
 
+    @apply_lora_scale("attention_kwargs")
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -323,6 +324,7 @@ class SiTTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, Attenti
         class_labels: torch.LongTensor | Sequence[int] | int,
         return_dict: bool = True,
         output_alignment_states: bool = False,
+        attention_kwargs: dict[str, Any] | None = None,
     ) -> SiTTransformer2DModelOutput | tuple[torch.Tensor, ...]:
         """
         Predict the velocity of the flow at `(hidden_states, timestep)` for `class_labels`.
@@ -340,10 +342,16 @@ class SiTTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, Attenti
             return_dict (`bool`, defaults to `True`): Return a [`SiTTransformer2DModelOutput`] instead of a tuple.
             output_alignment_states (`bool`, defaults to `False`):
                 Also return the hidden states after block `alignment_depth` (shape `(batch, tokens, hidden)`).
+            attention_kwargs (`dict`, *optional*): `{"scale": s}` scales the LoRA layers (PEFT) for this call, as in
+                diffusers' transformers; no other key is supported.
 
         Returns:
             [`SiTTransformer2DModelOutput`], or the tuple `(sample,)` / `(sample, alignment_states)`.
         """
+        if attention_kwargs:  # `scale` was taken out by `apply_lora_scale`
+            raise ValueError(
+                f"`attention_kwargs` supports only `scale` (the LoRA scale), got {sorted(attention_kwargs)}."
+            )
         if not torch.is_tensor(timestep) or timestep.ndim == 0:
             timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(1)
             timestep = timestep.expand(hidden_states.shape[0])
