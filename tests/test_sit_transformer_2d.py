@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers.models.attention_processor import AttnProcessor
 from safetensors.torch import load_file
 
 from diffusers_repa import SIT_PRESETS, REPAProjector, SiTTransformer2DModel
 from diffusers_repa.convert import convert_official_state_dict
+from diffusers_repa.models.sit_transformer_2d import SiTAttnProcessor
 
 from .reference_sit import random_official_state_dict, reference_forward
 
@@ -206,9 +206,17 @@ class TestModelBehaviour:
         x, t, y = small_inputs()
         expected = model(x, t, y).sample
         assert len(model.attn_processors) == 3
-        model.set_attn_processor(AttnProcessor())
-        assert all(isinstance(p, AttnProcessor) for p in model.attn_processors.values())
-        torch.testing.assert_close(model(x, t, y).sample, expected, atol=1e-6, rtol=1e-5)
+        calls = []
+
+        class RecordingProcessor(SiTAttnProcessor):
+            def __call__(self, attn, hidden_states):
+                calls.append(hidden_states.shape)
+                return super().__call__(attn, hidden_states)
+
+        model.set_attn_processor(RecordingProcessor())
+        assert all(isinstance(p, RecordingProcessor) for p in model.attn_processors.values())
+        torch.testing.assert_close(model(x, t, y).sample, expected, atol=0, rtol=0)
+        assert calls == [(3, 16, 16)] * 3
 
     def test_bf16_and_fp16_forward_close_to_fp32(self):
         model = small_model().eval()

@@ -2,7 +2,8 @@
 """SiT: the class-conditional flow-matching transformer that REPA trains (Ma et al. 2024, Yu et al. 2024).
 
 Built from diffusers' own blocks (`PatchEmbed`, `Timesteps`, `TimestepEmbedding`, `LabelEmbedding`,
-`AdaLayerNormZero`, `Attention`, `FeedForward`), configured so that the fp32 output equals the official
+`AdaLayerNormZero`, `FeedForward`) and an attention on diffusers' attention dispatcher (`AttentionModuleMixin` +
+`dispatch_attention_fn`, so `set_attention_backend` picks the kernel), configured so that the fp32 output equals the official
 `sihyun-yu/REPA` `models/sit.py` number for number (see `tests/test_sit_transformer_2d.py`).
 """
 
@@ -15,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
-from diffusers.models.attention import AttentionMixin, FeedForward
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.attention import AttentionMixin, AttentionModuleMixin, FeedForward
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import LabelEmbedding, PatchEmbed, TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormZero
@@ -55,20 +56,87 @@ class SiTTransformer2DModelOutput(BaseOutput):
     alignment_states: torch.Tensor | None = None
 
 
+class SiTAttnProcessor:
+    r"""
+    Self-attention of [`SiTAttention`] through diffusers' attention dispatcher.
+
+    The projections give `(batch, tokens, heads, head_dim)` queries, keys and values, which go to
+    `dispatch_attention_fn`: the backend is the one chosen with `model.set_attention_backend(name)` ("native" is
+    `torch.nn.functional.scaled_dot_product_attention`; "flash", "_native_cudnn", "sage", ... where installed), or
+    diffusers' active backend when none was set. With the default backend the output equals the official timm
+    attention (fused `qkv`, scale `head_dim ** -0.5`, no mask) in fp32.
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(self, attn: "SiTAttention", hidden_states: torch.Tensor) -> torch.Tensor:
+        if attn.fused_projections:  # after `fuse_qkv_projections()`: one matmul instead of three
+            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        query = query.unflatten(-1, (-1, attn.head_dim))
+        key = key.unflatten(-1, (-1, attn.head_dim))
+        value = value.unflatten(-1, (-1, attn.head_dim))
+        if attn.norm_q is not None:
+            query, key = attn.norm_q(query), attn.norm_k(key)
+        hidden_states = dispatch_attention_fn(
+            query, key, value, backend=self._attention_backend, parallel_config=self._parallel_config
+        )
+        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
+        return attn.to_out[1](attn.to_out[0](hidden_states))
+
+
+class SiTAttention(nn.Module, AttentionModuleMixin):
+    r"""
+    Multi-head self-attention of a SiT block (timm's `Attention(qkv_bias=True)`), on diffusers' attention dispatcher.
+
+    The parameters keep the names of diffusers' `Attention` (`to_q`, `to_k`, `to_v`, `to_out.0`, and `norm_q`,
+    `norm_k` with qk-norm), so checkpoints and LoRA targets are unchanged; the computation is in
+    [`SiTAttnProcessor`]. `fuse_qkv_projections()` on the model merges the three projections into one `to_qkv`
+    (faster inference, same function).
+
+    Args:
+        dim (`int`): Width of the tokens.
+        heads (`int`): Number of heads.
+        dim_head (`int`): Width of one head (`heads * dim_head` is the inner width).
+        qk_norm (`bool`, defaults to `False`): LayerNorm (eps 1e-5, affine) on each head's queries and keys.
+        processor (`SiTAttnProcessor`, *optional*): The processor; a new [`SiTAttnProcessor`] by default.
+    """
+
+    _default_processor_cls = SiTAttnProcessor
+    _available_processors = [SiTAttnProcessor]
+
+    def __init__(
+        self, dim: int, heads: int, dim_head: int, qk_norm: bool = False, processor: SiTAttnProcessor | None = None
+    ):
+        super().__init__()
+        inner_dim = heads * dim_head
+        self.heads = heads
+        self.head_dim = dim_head
+        self.inner_dim = inner_dim
+        self.use_bias = True  # read by `fuse_projections`
+        self.is_cross_attention = False
+        self.to_q = nn.Linear(dim, inner_dim, bias=True)
+        self.to_k = nn.Linear(dim, inner_dim, bias=True)
+        self.to_v = nn.Linear(dim, inner_dim, bias=True)
+        self.norm_q = nn.LayerNorm(dim_head, eps=1e-5) if qk_norm else None
+        self.norm_k = nn.LayerNorm(dim_head, eps=1e-5) if qk_norm else None
+        self.to_out = nn.ModuleList([nn.Linear(inner_dim, dim, bias=True), nn.Dropout(0.0)])
+        self.set_processor(processor if processor is not None else self._default_processor_cls())
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(batch, tokens, dim)` -> `(batch, tokens, dim)`."""
+        return self.processor(self, hidden_states)
+
+
 class SiTBlock(nn.Module):
     """One adaLN-Zero transformer block: modulated self-attention then a modulated MLP, both gated."""
 
     def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, mlp_ratio: float, qk_norm: bool):
         super().__init__()
         self.norm1 = AdaLayerNormZero(dim, num_embeddings=None)
-        self.attn = Attention(
-            query_dim=dim,
-            heads=num_attention_heads,
-            dim_head=attention_head_dim,
-            bias=True,
-            qk_norm="layer_norm" if qk_norm else None,
-            processor=AttnProcessor2_0(),
-        )
+        self.attn = SiTAttention(dim, num_attention_heads, attention_head_dim, qk_norm=qk_norm)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ff = FeedForward(dim, mult=mlp_ratio, activation_fn="gelu-approximate")
 
