@@ -21,6 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from diffusers_repa import REPAPipeline, REPAProjector, SiTTransformer2DModel
 from diffusers_repa.alignment import AlignmentEncoder, REPALoss
 from diffusers_repa.model_card import LORA_WEIGHT_NAME
+from diffusers_repa.training_utils import ProjCoeffSchedule, encoder_names
 
 from .train_fixtures import (
     REPO_ROOT,
@@ -213,24 +214,32 @@ def test_other_official_options_run(workspace, monkeypatch):
     assert REPAPipeline.from_pretrained(output).scheduler.config.path_type == "cosine"
 
 
-def test_legacy_label_dropout():
+def test_legacy_label_dropout_is_the_models_token_drop_with_the_official_draws():
+    """--legacy drops labels with the SiT's own `LabelEmbedding.token_drop`: the official script's rule, one uniform
+    draw per label on the labels' device compared with the dropout probability, then the null class."""
+    model = SiTTransformer2DModel.from_preset("SiT-S/8", sample_size=8, num_classes=7, class_dropout_prob=0.1)
+    labels = torch.zeros(20_000, dtype=torch.long)
     torch.manual_seed(0)
-    labels = train_repa.drop_labels(torch.zeros(20_000, dtype=torch.long), probability=0.1, null_class=7)
-    assert set(labels.unique().tolist()) == {0, 7} and abs((labels == 7).float().mean().item() - 0.1) < 0.01
+    dropped = model.class_embedder.token_drop(labels)
+    torch.manual_seed(0)
+    official = torch.where(torch.rand(labels.shape[0]) < 0.1, torch.full_like(labels, 7), labels)
+    assert torch.equal(dropped, official)
+    assert set(dropped.unique().tolist()) == {0, 7} and abs((dropped == 7).float().mean().item() - 0.1) < 0.01
 
 
 def test_proj_coeff_schedules():
-    args = types.SimpleNamespace(proj_coeff=0.5, max_train_steps=100, alignment_stop_step=None)
     for schedule, expected in (
         ("constant", [0.5, 0.5, 0.5]),
         ("linear", [0.5, 0.25, 0.005]),
         ("cosine", [0.5, 0.25, 0.0]),
     ):
-        args.proj_coeff_schedule = schedule
-        assert [train_repa.proj_coeff_at(step, args) for step in (0, 50, 99)] == pytest.approx(expected, abs=2e-4)
-        assert train_repa.proj_coeff_at(100, args) == 0.0
-    args.alignment_stop_step = 10
-    assert train_repa.proj_coeff_at(9, args) > 0 and train_repa.proj_coeff_at(10, args) == 0.0
+        proj_coeff_at = ProjCoeffSchedule(0.5, schedule, stop_step=100)  # the trainer's stop: --max_train_steps
+        assert [proj_coeff_at(step) for step in (0, 50, 99)] == pytest.approx(expected, abs=2e-4)
+        assert proj_coeff_at(100) == 0.0
+    early = ProjCoeffSchedule(0.5, "constant", stop_step=10)  # --alignment_stop_step 10
+    assert early(9) == 0.5 and early(10) == 0.0
+    with pytest.raises(ValueError, match="Unknown proj_coeff schedule"):
+        ProjCoeffSchedule(0.5, "step", stop_step=10)(1)
 
 
 def test_two_processes_draw_apart_and_end_with_identical_weights(workspace, tmp_path):
@@ -340,7 +349,7 @@ def test_config_files(tmp_path):
         assert args.learning_rate > 0 and args.dataset_name, path
     demo = train_repa.parse_args(["--config", str(TRAINING_DIR / "configs" / "demo.yaml")])
     assert demo.model_kwargs == {"num_layers": 6, "num_attention_heads": 4, "attention_head_dim": 32}
-    assert demo.validation_class_labels == list(range(10)) and demo.encoders == ["outputs/demo/encoder"]
+    assert demo.validation_class_labels == list(range(10)) and encoder_names(demo.encoder) == ["outputs/demo/encoder"]
     xl = train_repa.parse_args(["--config", str(TRAINING_DIR / "configs" / "sit-xl-2_imagenet256.yaml"), "--seed", "3"])
     assert (xl.model, xl.alignment_depth, xl.proj_coeff, xl.batch_size, xl.seed) == ("SiT-XL/2", 8, 0.5, 256, 3)
     assert xl.learning_rate == 1e-4 and xl.ema_decay == 0.9999 and xl.mixed_precision == "fp16"

@@ -43,7 +43,7 @@ def without_steps(patch: pytest.MonkeyPatch) -> None:
 
 
 def steps(output) -> list[int]:
-    return [step for step, _ in train_repa.list_checkpoints(output)]
+    return [step for step, _ in training_utils.list_checkpoints(output)]
 
 
 def test_a_fresh_run_into_another_runs_folder_stops_or_overwrites(workspace, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from diffusers_repa import SiTTransformer2DModel
+from diffusers_repa import SiTTransformer2DModel, training_utils
 from diffusers_repa.data import load_image_dataset
 
 from .train_fixtures import (
@@ -82,7 +82,7 @@ def test_kill_9_during_save_and_during_step_then_resume_latest(workspace, tmp_pa
     # 1. Killed while writing checkpoint-4: only a hidden temporary folder is left, checkpoint-2 is intact.
     result = run_killed(workspace, tmp_path, "--kill_in_save", 4, argv)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
-    assert [step for step, _ in train_repa.list_checkpoints(output)] == [2]
+    assert [step for step, _ in training_utils.list_checkpoints(output)] == [2]
     partial = output / ".checkpoint-4.tmp"
     assert (partial / "transformer").is_dir() and not (partial / "training_state.json").exists()
 
@@ -90,7 +90,7 @@ def test_kill_9_during_save_and_during_step_then_resume_latest(workspace, tmp_pa
     result = run_killed(workspace, tmp_path, "--kill_at_call", 3, argv + ["--resume_from_checkpoint", "latest"])
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert f"Resuming from {output / 'checkpoint-2'}" in result.stdout
-    assert [step for step, _ in train_repa.list_checkpoints(output)] == [2, 4]
+    assert [step for step, _ in training_utils.list_checkpoints(output)] == [2, 4]
     assert not list(output.glob(".checkpoint-*"))
 
     # 3. Resuming again loses at most the interval since checkpoint-4, and ends where an uninterrupted run ends.
@@ -115,7 +115,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(wor
     output = tmp_path / "run"
     with pytest.raises(FloatingPointError, match=r"The loss is nan .* at step 3; .*Last checkpoint: .*checkpoint-2"):
         run_training(latent_args(workspace, output, "--max_train_steps", "6", "--checkpointing_steps", "2"))
-    assert [step for step, _ in train_repa.list_checkpoints(output)] == [2]
+    assert [step for step, _ in training_utils.list_checkpoints(output)] == [2]
     assert not list(output.glob(".checkpoint-*")) and not (output / "model_index.json").exists()
 
 
@@ -245,7 +245,7 @@ def test_bad_option_values_are_refused_at_parse_time(flags, message, capsys):
 def test_validation_samples_in_eval_mode_and_training_goes_on_in_train_mode(workspace, tmp_path, monkeypatch):
     """In train mode the model drops 10% of the class labels: sampling must never run in it."""
     calls, validating = [], []
-    original_forward, original_grid = SiTTransformer2DModel.forward, train_repa.sample_grid
+    original_forward, original_grid = SiTTransformer2DModel.forward, training_utils.sample_grid
 
     def forward(self, *args, **kwargs):
         calls.append((bool(validating), self.training))
@@ -259,7 +259,7 @@ def test_validation_samples_in_eval_mode_and_training_goes_on_in_train_mode(work
             validating.clear()
 
     monkeypatch.setattr(SiTTransformer2DModel, "forward", forward)
-    monkeypatch.setattr(train_repa, "sample_grid", sample_grid)
+    monkeypatch.setattr(training_utils, "sample_grid", sample_grid)
     argv = latent_args(workspace, tmp_path / "run", "--max_train_steps", "4", "--checkpointing_steps", "4")
     run_training(argv + ["--validation_steps", "2"])  # grids after steps 2 and 4, and the final one
     sampling = [training for in_validation, training in calls if in_validation]

@@ -28,7 +28,7 @@ COMMON_ARGS = [
     "--model", "SiT-S/4", "--model_kwargs", TINY_SIT, "--alignment_depth", "1", "--projector_dim", "32",
     "--resolution", "32", "--batch_size", "4", "--learning_rate", "2e-3", "--ema_decay", "0.9",
     "--dataloader_num_workers", "0", "--validation_num_inference_steps", "2", "--validation_steps", "1000",
-    "--report_to", "tensorboard", "--seed", "0",
+    "--report_to", "tensorboard", "--seed", "0", "--logging_steps", "1",
 ]  # fmt: skip
 
 

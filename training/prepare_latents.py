@@ -31,8 +31,6 @@ import argparse
 import io
 import json
 import math
-import os
-import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -43,34 +41,24 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from diffusers import AutoencoderKL
-from huggingface_hub import create_repo, upload_folder
+from huggingface_hub import DatasetCard, DatasetCardData, create_repo, upload_folder
 from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from diffusers_repa.alignment import AlignmentEncoder
 from diffusers_repa.data import ImageTransform, SkippedImages, load_image_dataset
-from diffusers_repa.training_utils import StopSignal, ignore_stop_signals, write_json_atomically
+from diffusers_repa.training_utils import MOMENTS_COLUMN, StopSignal, features_column, ignore_stop_signals
+from diffusers_repa.utils import atomic_write, check_recorded_settings, write_json_atomically
 
 logger = get_logger(__name__)
 
-MOMENTS_COLUMN = "moments"
-FEATURES_PREFIX = "features_"
 SHARD_PATTERN = "train-{:05d}.parquet"
 # The options that decide what a shard holds: a rerun must match them to resume.
 RESUME_SETTINGS = (
     "dataset_name", "train_data_dir", "split", "image_column", "label_column", "max_samples", "resolution", "vae",
     "vae_subfolder", "encoders", "encoder_num_tokens", "shard_size",
 )  # fmt: skip
-
-
-def features_column(encoder_name: str) -> str:
-    """
-    The dataset column holding stored features of an encoder: `features_` + its name made safe (for a local folder,
-    the folder's name), e.g. `facebook/dinov2-base` -> `features_facebook_dinov2_base`.
-    """
-    name = os.path.basename(os.path.normpath(encoder_name)) if os.path.isdir(encoder_name) else encoder_name
-    return FEATURES_PREFIX + re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -221,29 +209,22 @@ def encode_shard(
     return columns
 
 
-def write_atomically(table: datasets.Dataset, path: Path) -> None:
-    """Write a parquet file under a temporary name, flush it to disk, then rename it into place."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
+def write_shard(table: datasets.Dataset, path: Path) -> None:
+    """Write a parquet shard atomically: a crash leaves the complete shard or none (a rerun then encodes it)."""
+    with atomic_write(path) as file:
         # Content-defined chunking (datasets' default, for Xet deduplication of edited files) makes writing ~3x
         # slower; these shards are written once.
-        table.to_parquet(str(temporary), use_content_defined_chunking=False)
-        with open(temporary, "rb") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+        table.to_parquet(file, use_content_defined_chunking=False)
 
 
 def write_dataset_card(output_dir: Path, args: argparse.Namespace, features: datasets.Features, stats: dict) -> None:
-    """A short README.md saying what the prepared dataset holds and how it was made."""
+    """The dataset card (README.md, `huggingface_hub.DatasetCard`): what the prepared dataset holds, how it was made."""
     source = args.dataset_name or args.train_data_dir
     columns = "\n".join(f"| `{name}` | `{feature!r}` |" for name, feature in features.items())
     skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(stats["skipped"].items())) or "none"
+    metadata = DatasetCardData(pretty_name=f"REPA training data from {source}", tags=["diffusers-repa"])
     text = f"""---
-pretty_name: REPA training data from {source}
-tags:
-- diffusers-repa
+{metadata.to_yaml()}
 ---
 
 # REPA training data
@@ -260,7 +241,7 @@ to {args.resolution}x{args.resolution}, VAE `{args.vae or "none (pixel space)"}`
 
 Train with `python training/train_repa.py --dataset_name <this dataset> --resolution {args.resolution} ...`.
 """
-    (output_dir / "README.md").write_text(text)
+    DatasetCard(text).save(output_dir / "README.md")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -280,12 +261,9 @@ def prepare(args: argparse.Namespace, stop: StopSignal) -> None:
     # the models have loaded, so that a run that failed on a mistyped option does not block the corrected one.)
     settings = {name: getattr(args, name) for name in RESUME_SETTINGS}
     settings_file = output_dir / ".stats" / "settings.json"
-    has_shards = any((output_dir / "data").glob("train-*.parquet"))
-    if has_shards and settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
-        raise ValueError(
-            f"{output_dir} holds shards prepared with other settings ({settings_file.read_text().strip()}): use a new "
-            "--output_dir, or the same settings to resume."
-        )
+    if any((output_dir / "data").glob("train-*.parquet")):
+        hint = "use a new --output_dir, or the same settings to resume"
+        check_recorded_settings(settings_file, settings, hint, what="shards prepared", folder=output_dir)
 
     dataset = load_image_dataset(
         dataset_name=args.dataset_name,
@@ -333,7 +311,7 @@ def prepare(args: argparse.Namespace, stop: StopSignal) -> None:
         columns = encode_shard(rows, args, vae, encoders, device, skipped)
         stats = {"rows": len(columns["label"]), "skipped": dict(skipped.counts)}
         write_json_atomically(output_dir / ".stats" / f"shard-{shard:05d}.json", stats)  # before its shard
-        write_atomically(
+        write_shard(
             datasets.Dataset.from_dict(columns, features=features), output_dir / "data" / SHARD_PATTERN.format(shard)
         )
         if skipped.total:

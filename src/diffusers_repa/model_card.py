@@ -10,10 +10,48 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
 from huggingface_hub import ModelCard, ModelCardData
 
+from .models import SIT_PRESETS
+
 TAGS = ["diffusers", "diffusers-repa", "repa", "sit", "flow-matching", "class-conditional", "image-generation"]
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+# The file `save_lora_adapter` writes and `load_lora_adapter` reads (diffusers' constant).
+LORA_WEIGHT_NAME = LORA_WEIGHT_NAME_SAFE
+
+
+def describe_architecture(config: Mapping[str, Any]) -> str:
+    r"""
+    The architecture of a [`SiTTransformer2DModel`] config in words: the official preset's name only when the config
+    is that preset (depth, width, heads, patch and MLP ratio), otherwise its depth, width, heads and patch.
+
+    Example:
+
+    ```py
+    >>> from diffusers_repa import SiTTransformer2DModel
+    >>> from diffusers_repa.model_card import describe_architecture
+    >>> describe_architecture(SiTTransformer2DModel.preset_config("SiT-XL/2"))
+    'SiT-XL/2 (28 blocks, width 1152, 16 heads, patch 2)'
+    >>> describe_architecture(SiTTransformer2DModel.preset_config("SiT-S/4", num_layers=6, num_attention_heads=4,
+    ...                                                           attention_head_dim=32))
+    'SiT (6 blocks, width 128, 4 heads, patch 4)'
+
+    ```
+    """
+    layers, heads, patch = config["num_layers"], config["num_attention_heads"], config["patch_size"]
+    width = heads * config["attention_head_dim"]
+    mlp_ratio = config.get("mlp_ratio", 4.0)
+    shape = f"{layers} blocks, width {width}, {heads} heads, patch {patch}"
+    if mlp_ratio != 4.0:
+        shape += f", MLP ratio {mlp_ratio}"
+    if config.get("qk_norm"):
+        shape += ", QK-norm"
+    presets = [name for name, preset in SIT_PRESETS.items() if preset == (layers, width, heads, patch)]
+    return f"{presets[0] if presets and mlp_ratio == 4.0 else 'SiT'} ({shape})"
+
+
+def _format_metric(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _is_hub_id(name: str | None) -> bool:
@@ -49,6 +87,8 @@ def build_model_card(
     sample_grid: str | None = None,
     example_label: int | str = 0,
     license: str = "apache-2.0",
+    metrics: Mapping[str, Any] | None = None,
+    metrics_description: str | None = None,
 ) -> ModelCard:
     r"""
     Build the model card of a REPA training run.
@@ -66,6 +106,10 @@ def build_model_card(
         sample_grid (`str`, *optional*): Path, relative to the repo root, of a sample grid image to show.
         example_label (`int` or `str`, defaults to 0): The class used in the usage example.
         license (`str`, defaults to `"apache-2.0"`): The weights' licence.
+        metrics (`dict`, *optional*): Final evaluation results (e.g. `{"fid": 12.3, "precision": 0.61}`), shown in an
+            "Evaluation" table.
+        metrics_description (`str`, *optional*): How they were measured (samples, sampler, reference), shown above
+            the table.
 
     Returns:
         `huggingface_hub.ModelCard`; `card.save(folder / "README.md")` writes it.
@@ -85,6 +129,7 @@ def build_model_card(
     ... )
     >>> card.data.library_name
     'diffusers'
+
     ```
     """
     if lora and not base_model:
@@ -101,6 +146,10 @@ def build_model_card(
     table = "\n".join(f"| `{name}` | `{value}` |" for name, value in hyperparameters.items())
     encoder_list = "\n".join(f"- `{encoder}`" for encoder in encoders) or "- none (alignment off)"
     samples = f"![Samples from the EMA weights]({sample_grid})\n\n" if sample_grid else ""
+    evaluation = ""
+    if metrics:
+        rows = "\n".join(f"| {name} | {_format_metric(value)} |" for name, value in metrics.items())
+        evaluation = f"## Evaluation\n\n{metrics_description or ''}\n\n| metric | value |\n|---|---|\n{rows}\n\n"
     kind = f"a LoRA adapter for `{base_model}`" if lora else "a full `REPAPipeline`"
     content = f"""---
 {card_data.to_yaml()}
@@ -114,7 +163,7 @@ This repo holds {kind}, trained for {train_steps} steps with REPA (representatio
 [arXiv 2410.06940](https://arxiv.org/abs/2410.06940)): the SiT's early hidden states are aligned, through an MLP
 projector, with the patch features of a frozen image encoder.
 
-{samples}## Usage
+{samples}{evaluation}## Usage
 
 Install `diffusers-repa` (the pipeline class is not part of diffusers), then:
 

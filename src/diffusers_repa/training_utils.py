@@ -1,8 +1,12 @@
 # Copyright 2026 The diffusers-repa authors. Licensed under the Apache License, Version 2.0.
 """
-Plumbing of `training/train_repa.py` that is not about REPA: checkpoints that are written atomically, verified before
-use and pruned safely; the guard that keeps two runs out of one output folder; the comparison of a resumed run's
-options with the checkpoint's; and the signal handling that turns a preemption into a checkpoint.
+The plumbing of `training/train_repa.py`, so that the script shows only the training: options and config files, the
+training data (columns shared with `prepare_latents.py`, the epoch sampler, whole-batch reads, alignment targets),
+the loop's helpers (the `proj_coeff` schedule, the non-finite guard, metrics kept on the device between logging
+steps), validation grids from the EMA weights, and runs: checkpoints that are written atomically, verified before
+use and pruned safely, the guard that keeps two runs out of one output folder, the comparison of a resumed run's
+options with the checkpoint's, checkpoint hooks and uploads, and the signal handling that turns a preemption into a
+checkpoint.
 
 A checkpoint `OUTPUT_DIR/checkpoint-N/` holds what `accelerator.save_state` writes (`optimizer.bin`, `scheduler.bin`,
 `random_states_<rank>.pkl`, ...) plus the models the trainer's hooks save, then
@@ -29,20 +33,43 @@ Example:
 ```
 """
 
+import argparse
+import concurrent.futures
+import contextlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import signal
 import threading
+import time
 import zipfile
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+
+from .data import ImageTransform, load_image_dataset, load_rgb_image, sample_posterior
+from .models import REPAProjector, SiTTransformer2DModel
+from .pipeline_repa import REPAPipeline
+from .schedulers import SiTEulerMaruyamaScheduler, SiTEulerScheduler
+from .utils import write_json_atomically
+
+if TYPE_CHECKING:
+    import datasets
+    from accelerate import Accelerator
+    from diffusers import AutoencoderKL
+    from diffusers.training_utils import EMAModel
+    from PIL import Image
+
+    from .alignment import AlignmentEncoder
+    from .data import SkippedImages
+    from .evaluation.monitor import CKNNAProbe, FIDMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -86,17 +113,6 @@ def fsync_tree(path: Path) -> None:
             with open(os.path.join(root, name), "rb") as file:
                 os.fsync(file.fileno())
         fsync_dir(Path(root))
-
-
-def write_json_atomically(path: Path, data: Any) -> None:
-    """Write `data` as JSON under a temporary name, flush it, then rename it to `path`: readers see old or new."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(data, file, indent=2, default=str)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
 
 
 def remove_tree(path: Path) -> None:
@@ -627,3 +643,1133 @@ class StopSignal:
             return flag
         flag = torch.tensor([float(flag)], device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="max").item())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Options: config files and value checks
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse `type` of a JSON-object option (`--model_kwargs '{"num_layers": 6}'`)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"num_layers\": 6}}', got {text!r}")
+    return value
+
+
+def read_config_file(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+    """
+    Option values from a YAML/JSON file whose keys are option names (not their aliases), converted with each option's
+    `type` (YAML reads `1e-4` as a string). An unknown key stops with `parser.error`.
+    """
+    import yaml
+
+    with open(path, encoding="utf-8") as file:
+        values = yaml.safe_load(file) or {}
+    actions = {action.dest: action for action in parser._actions}
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        parser.error(f"{path}: unknown option(s) {', '.join(unknown)}.")
+    for name, value in values.items():
+        convert = actions[name].type
+        if convert is not None and convert is not json_object and isinstance(value, str):
+            values[name] = convert(value)
+    return values
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+def _non_negative(value: float) -> bool:
+    return 0 <= value < math.inf
+
+
+def _unit_interval(value: float) -> bool:
+    return 0 <= value < 1
+
+
+_POSITIVE_OPTIONS = (
+    "batch_size", "gradient_accumulation_steps", "max_train_steps", "num_train_epochs", "checkpointing_steps",
+    "checkpoints_total_limit", "validation_steps", "validation_num_inference_steps", "resolution", "projector_dim",
+    "alignment_depth", "num_classes", "lora_rank", "logging_steps", "fid_num_inference_steps", "fid_batch_size",
+    "fid_reference_num_images",
+)  # fmt: skip
+# The valid values of `train_repa.py`'s numeric options (None, where allowed, means "not set"); NaN fails every check.
+TRAINING_OPTION_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{name: (_positive, "a positive integer") for name in _POSITIVE_OPTIONS},
+    **{
+        name: (_non_negative, ">= 0")
+        for name in ("lr_warmup_steps", "alignment_stop_step", "dataloader_num_workers", "fid_steps", "cknna_steps")
+    },
+    **{name: (_unit_interval, "in [0, 1)") for name in ("cfg_prob", "adam_beta1", "adam_beta2")},
+    "learning_rate": (lambda value: 0 < value < math.inf, "a positive number"),
+    "lora_alpha": (lambda value: 0 < value < math.inf, "a positive number"),
+    "ema_decay": (_unit_interval, "in [0, 1) (e.g. 0.9999)"),
+    "proj_coeff": (_non_negative, ">= 0"),
+    "adam_weight_decay": (_non_negative, ">= 0"),
+    "adam_epsilon": (_non_negative, ">= 0"),
+    "max_grad_norm": (lambda value: not math.isnan(value), "a number (<= 0 disables clipping)"),
+    "latent_scale": (lambda value: math.isfinite(value) and value != 0, "a finite non-zero number"),
+    "latent_shift": (math.isfinite, "a finite number"),
+    "validation_guidance_scale": (math.isfinite, "a finite number"),
+    "fid_guidance_scale": (math.isfinite, "a finite number"),
+    "fid_num_samples": (lambda value: value >= 4, "at least 4 (precision/recall use k = 3 neighbours)"),
+    "cknna_num_images": (lambda value: value > 10, "more than 10 (CKNNA uses 10 neighbours)"),
+}
+
+
+def check_option_ranges(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    ranges: Mapping[str, tuple[Callable[[Any], bool], str]] = TRAINING_OPTION_RANGES,
+) -> None:
+    """Stop with one `parser.error` naming the first option whose value is out of its range."""
+    for option, (is_valid, requirement) in ranges.items():
+        value = getattr(args, option, None)
+        if value is not None and not is_valid(value):
+            parser.error(f"--{option} must be {requirement}, got {value}.")
+
+
+def encoder_names(encoder: str) -> list[str]:
+    """The `--encoder` value as a list: comma-separated names, `none` (or nothing) for no alignment encoder."""
+    return [name.strip() for name in encoder.split(",") if name.strip().lower() not in ("", "none")]
+
+
+def public_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's options without the Hub token, for `training_args.json` and the trackers."""
+    return {key: value for key, value in vars(args).items() if key != "hub_token"}
+
+
+def tracker_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's options in the flat scalar form trackers (tensorboard hparams) accept."""
+    return {
+        key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+        for key, value in public_args(args).items()
+    }
+
+
+def configure_logging(accelerator: "Accelerator") -> None:
+    """diffusers' example logging: INFO with timestamps; the libraries' warnings on the local main process only."""
+    import datasets
+    import diffusers
+    import transformers
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    main = accelerator.is_local_main_process
+    datasets.utils.logging.set_verbosity_warning() if main else datasets.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_warning() if main else transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.set_verbosity_info() if main else diffusers.utils.logging.set_verbosity_error()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training data
+# ----------------------------------------------------------------------------------------------------------------------
+
+# Columns of a dataset prepared by `training/prepare_latents.py` (besides `image` and `label`).
+MOMENTS_COLUMN = "moments"
+FEATURES_PREFIX = "features_"
+
+
+def features_column(encoder_name: str) -> str:
+    """
+    The dataset column holding stored features of an encoder: `features_` + its name made safe (for a local folder,
+    the folder's name), e.g. `facebook/dinov2-base` -> `features_facebook_dinov2_base`.
+    """
+    name = os.path.basename(os.path.normpath(encoder_name)) if os.path.isdir(encoder_name) else encoder_name
+    return FEATURES_PREFIX + re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    r"""
+    What the training data is, as [`load_training_data`] found it.
+
+    Args:
+        latent (`bool`): VAE posterior moments are stored (latent-space training); otherwise the model sees pixels.
+        prepared (`bool`): Made by `prepare_latents.py` (its images were all checked then).
+        in_channels (`int`), sample_size (`int`): The model's input shape `(in_channels, sample_size, sample_size)`.
+        num_classes (`int`): Class count (`--num_classes`, or the label column's `ClassLabel`).
+        id2label (`dict[str, str]`, *optional*): Class names, for the pipeline's `id2label`.
+    """
+
+    latent: bool
+    prepared: bool
+    in_channels: int
+    sample_size: int
+    num_classes: int
+    id2label: dict[str, str] | None
+
+
+def load_training_data(
+    dataset_name: str | None,
+    train_data_dir: str | None,
+    image_column: str = "image",
+    label_column: str = "label",
+    split: str = "train",
+    cache_dir: str | None = None,
+    resolution: int = 256,
+    num_classes: int | None = None,
+) -> tuple["datasets.Dataset", DatasetInfo]:
+    """
+    Load the training dataset and describe it ([`DatasetInfo`]). Raises one `ValueError` naming the option to
+    change when the data does not fit the options (resolution, class count).
+    """
+    import datasets
+
+    dataset = load_image_dataset(
+        dataset_name=dataset_name,
+        train_data_dir=train_data_dir,
+        image_column=image_column,
+        label_column=label_column,
+        split=split,
+        cache_dir=cache_dir,
+    )
+    latent = MOMENTS_COLUMN in dataset.column_names
+    prepared = latent or any(name.startswith(FEATURES_PREFIX) for name in dataset.column_names)
+    if prepared:
+        width, height = load_rgb_image(dataset[0][image_column]).size
+        if (width, height) != (resolution, resolution):
+            raise ValueError(
+                f"The dataset was prepared at {width}x{height} but --resolution is {resolution}: pass "
+                f"--resolution {width}, or prepare the data again at {resolution}."
+            )
+    if latent:
+        channels, sample_size, _ = dataset.features[MOMENTS_COLUMN].shape
+        in_channels = channels // 2
+    else:
+        in_channels, sample_size = 3, resolution
+    label_feature = dataset.features[label_column]
+    names = label_feature.names if isinstance(label_feature, datasets.ClassLabel) else None
+    num_classes = num_classes or (len(names) if names else None)
+    if num_classes is None:
+        raise ValueError(f"The label column {label_column!r} is not a ClassLabel: pass --num_classes.")
+    if names and num_classes < len(names):
+        raise ValueError(f"--num_classes {num_classes} is below the dataset's {len(names)} classes.")
+    id2label = {str(index): name for index, name in enumerate(names)} if names else None
+    return dataset, DatasetInfo(latent, prepared, in_channels, sample_size, num_classes, id2label)
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A random permutation per epoch, seeded by `(seed, epoch)`: the same order on every process and after a resume,
+    without touching the global RNG (which the training step uses)."""
+
+    def __init__(self, num_samples: int, seed: int):
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.randperm(self.num_samples, generator=generator).tolist()
+
+
+class TrainingBatches(torch.utils.data.Dataset):
+    """
+    Batches of a `datasets` dataset for the training loop, fetched with one Arrow read per batch (`__getitems__`).
+
+    Images go through [`~diffusers_repa.data.ImageTransform`] (decode, RGB, ADM crop; unusable ones are dropped with a
+    `skipped` record); array columns (VAE moments, stored encoder features) come as tensors, filtered the same way.
+    """
+
+    def __init__(self, dataset: "datasets.Dataset", transform: ImageTransform, array_columns: Sequence[str]):
+        self.dataset = dataset.with_format("torch", columns=list(array_columns), output_all_columns=True)
+        self.transform = transform
+        self.array_columns = list(array_columns)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        rows = self.dataset[indices]
+        columns = (self.transform.image_column, self.transform.label_column)
+        examples = self.transform({column: rows[column] for column in columns})
+        kept = [index for index, pixels in enumerate(examples["pixel_values"]) if pixels is not None]
+        batch = self.transform.collate(
+            [{name: values[index] for name, values in examples.items()} for index in range(len(indices))]
+        )
+        for column in self.array_columns:
+            batch[column] = rows[column][kept]
+        return batch
+
+
+def collate_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """`DataLoader` `collate_fn` for [`TrainingBatches`], which returns whole batches already."""
+    return batch
+
+
+def training_dataloader(
+    dataset: "datasets.Dataset",
+    resolution: int,
+    image_column: str,
+    label_column: str,
+    array_columns: Sequence[str],
+    batch_size: int,
+    seed: int,
+    num_workers: int,
+) -> torch.utils.data.DataLoader:
+    """
+    The training `DataLoader`: [`TrainingBatches`] of `batch_size` (per process and micro-step) in the order of an
+    [`EpochShuffleSampler`], full batches only. Its workers ignore stop signals (the main process handles them) and
+    are seeded apart from the global RNG.
+    """
+    return torch.utils.data.DataLoader(
+        TrainingBatches(dataset, ImageTransform(resolution, image_column, label_column), array_columns),
+        batch_size=batch_size,
+        sampler=EpochShuffleSampler(len(dataset), seed),
+        drop_last=True,
+        collate_fn=collate_batch,
+        num_workers=num_workers,
+        worker_init_fn=ignore_stop_signals,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def clean_sample(batch: Mapping[str, Any], latent: bool, latent_scale: float, latent_shift: float) -> torch.Tensor:
+    """
+    The model's clean input x_0 for a batch: a fresh draw from the stored VAE posterior, `z * latent_scale +
+    latent_shift` (the official code re-samples it at every step), or the uint8 pixels mapped to `[-1, 1]`.
+    """
+    if latent:
+        return sample_posterior(batch[MOMENTS_COLUMN], latent_scale, latent_shift)
+    return batch["pixel_values"].float() / 127.5 - 1.0
+
+
+class AlignmentTargets:
+    r"""
+    The targets of REPA's alignment loss for a batch: each encoder's patch features of the clean images, read from the
+    dataset's stored column when `prepare_latents.py --encoder` stored them, else computed by the encoder. Call it
+    under `torch.inference_mode()` and the run's autocast (the trainer does).
+
+    Args:
+        encoders (`list[AlignmentEncoder]`): One per projector head.
+        stored_columns (`list[str | None]`): The dataset column of each encoder's stored features, or None.
+    """
+
+    def __init__(self, encoders: Sequence["AlignmentEncoder"], stored_columns: Sequence[str | None]):
+        self.encoders = list(encoders)
+        self.stored_columns = list(stored_columns)
+
+    @classmethod
+    def for_dataset(cls, encoders: Sequence["AlignmentEncoder"], dataset: "datasets.Dataset") -> "AlignmentTargets":
+        """Use the dataset's stored features where they fit the encoder; stored features of another shape stop."""
+        columns = []
+        for encoder in encoders:
+            column = features_column(encoder.name)
+            if column in dataset.column_names:
+                shape = tuple(dataset.features[column].shape)
+                if shape != (encoder.num_tokens, encoder.embed_dim):
+                    raise ValueError(
+                        f"The dataset's stored features {column!r} are {shape}, but {encoder.name} gives "
+                        f"{(encoder.num_tokens, encoder.embed_dim)} here: prepare the data with the same encoder and "
+                        "--encoder_num_tokens as the model's token count."
+                    )
+                logger.info(f"Using the features stored in column {column!r} for {encoder.name}.")
+            columns.append(column if column in dataset.column_names else None)
+        return cls(encoders, columns)
+
+    @property
+    def columns(self) -> list[str]:
+        """The stored-feature columns the loader must read."""
+        return [column for column in self.stored_columns if column]
+
+    def to(self, device: torch.device) -> "AlignmentTargets":
+        self.encoders = [encoder.to(device) for encoder in self.encoders]
+        return self
+
+    def __call__(self, batch: Mapping[str, Any]) -> list[torch.Tensor]:
+        """`(batch, num_tokens, embed_dim)` targets, one per encoder."""
+        return [
+            batch[column] if column else encoder(batch["pixel_values"])
+            for encoder, column in zip(self.encoders, self.stored_columns, strict=True)
+        ]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The loop: the alignment coefficient, non-finite values, metrics between logging steps
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProjCoeffSchedule:
+    r"""
+    The alignment coefficient of each optimizer step: `proj_coeff` constant, or decayed to 0 (`"linear"`, `"cosine"`)
+    at `stop_step`; 0 from `stop_step` on (HASTE-style early stop of the alignment).
+
+    Example:
+
+    ```py
+    >>> from diffusers_repa.training_utils import ProjCoeffSchedule
+    >>> schedule = ProjCoeffSchedule(0.5, "linear", stop_step=100)
+    >>> schedule(0), schedule(50), schedule(100)
+    (0.5, 0.25, 0.0)
+
+    ```
+    """
+
+    proj_coeff: float
+    schedule: str = "constant"
+    stop_step: int | None = None
+
+    def __call__(self, step: int) -> float:
+        """The coefficient of optimizer step `step` (0-based)."""
+        if self.stop_step is not None and step >= self.stop_step:
+            return 0.0
+        if self.stop_step is None or self.schedule == "constant":
+            return self.proj_coeff
+        progress = step / self.stop_step
+        if self.schedule == "linear":
+            return self.proj_coeff * (1.0 - progress)
+        if self.schedule == "cosine":
+            return self.proj_coeff * 0.5 * (1.0 + math.cos(math.pi * progress))
+        raise ValueError(f"Unknown proj_coeff schedule {self.schedule!r}: use constant, linear or cosine.")
+
+
+class NonFiniteGuard:
+    r"""
+    Stops training on a non-finite loss or gradient norm before it reaches the weights and the EMA.
+
+    *Immediate* (`deferred=False`, the default): every micro-step's loss and every step's gradient norm are checked on
+    the host, and the error is raised before `backward` / `optimizer.step`. On the CPU this costs nothing; on a GPU
+    each check waits for the step to finish (a host sync).
+
+    *Deferred* (`deferred=True`, for a fused optimizer: `torch.optim.AdamW(fused=True)`): the checks stay on the
+    device. A non-finite step is handed to the optimizer as `found_inf`, so the fused kernel skips that update
+    (weights, moments and step count unchanged, as for fp16's gradient scaler), and the step is recorded; the EMA then
+    averages in unchanged, finite weights. [`raise_if_any`] reads the record (one sync) and raises: the trainer calls
+    it at logging steps and before anything is saved or sampled, so no NaN is ever written. With fp16's gradient
+    scaler, which skips such updates itself, gradient norms are not checked (overflow is the scaler's business).
+
+    Args:
+        optimizer (`torch.optim.Optimizer`): The optimizer (accelerate's wrapper is looked through).
+        deferred (`bool`, defaults to `False`): See above; needs an optimizer that honours `found_inf`.
+        check_gradients (`bool`, defaults to `True`): Check gradient norms (False under fp16's scaler).
+        last_checkpoint (`Path`, *optional*): The checkpoint to resume from, named in the error (the trainer updates
+            it after each save).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        deferred: bool = False,
+        check_gradients: bool = True,
+        last_checkpoint: Path | None = None,
+    ):
+        self.optimizer = getattr(optimizer, "optimizer", optimizer)
+        self.deferred = deferred
+        self.check_gradients = check_gradients
+        self.last_checkpoint = last_checkpoint  # named in the error: where to resume from
+        # Deferred: the first non-finite step as [step, kind (0 loss, 1 gradient norm), value, denoising, projection].
+        self._first: torch.Tensor | None = None
+        self._step_bad: torch.Tensor | None = None
+
+    def error(self, what: str, step: int, note: str = "training stopped before applying it") -> FloatingPointError:
+        """The error that stops training, naming the step and the checkpoint to resume from."""
+        return FloatingPointError(
+            f"The {what} at step {step}; {note}. Last checkpoint: {self.last_checkpoint or 'none'}. Resume from it "
+            "(--resume_from_checkpoint latest) with a lower --learning_rate, --mixed_precision bf16, or a smaller "
+            "--max_grad_norm."
+        )
+
+    def _record(self, bad: torch.Tensor, values: torch.Tensor) -> None:
+        if self._first is None:
+            self._first = torch.full((5,), -1.0, device=values.device)
+        self._first = torch.where(bad & (self._first[0] < 0), values.float(), self._first)
+        self._step_bad = bad if self._step_bad is None else self._step_bad | bad
+
+    def check_loss(self, values: torch.Tensor, step: int) -> None:
+        """`values`: `(3,)` loss, denoising and projection loss of a micro-step of optimizer step `step` (1-based)."""
+        if not self.deferred:
+            if not torch.isfinite(values[0]):
+                loss, denoising, projection = values.tolist()
+                raise self.error(f"loss is {loss} (denoising {denoising}, projection {projection})", step)
+            return
+        record = torch.cat([values.new_tensor([step, 0]), values.detach()])
+        self._record(~torch.isfinite(values[0]), record)
+
+    def check_grad_norm(self, grad_norm: torch.Tensor | None, step: int) -> None:
+        """After clipping, before `optimizer.step()`: the step's gradient norm (None when unknown)."""
+        if self.check_gradients and grad_norm is not None:
+            if not self.deferred and not torch.isfinite(grad_norm):
+                raise self.error(f"gradient norm is {grad_norm.item()}", step)
+            if self.deferred:
+                grad_norm = grad_norm.detach().float().reshape(1)
+                nan = torch.full((2,), math.nan, device=grad_norm.device)
+                self._record(
+                    ~torch.isfinite(grad_norm[0]), torch.cat([grad_norm.new_tensor([step, 1]), grad_norm, nan])
+                )
+        if self.deferred and self.check_gradients and self._step_bad is not None:
+            self.optimizer.found_inf = self._step_bad.float()  # the fused kernel skips the update when it is 1
+        self._step_bad = None
+
+    def raise_if_any(self, step: int) -> None:
+        """Deferred mode: raise for the first non-finite step so far (one host sync); `step` is the current step."""
+        if self._first is None:
+            return
+        first_step, kind, value, denoising, projection = self._first.tolist()
+        if first_step < 0:
+            return
+        what = f"loss is {value} (denoising {denoising}, projection {projection})" if kind == 0 else None
+        what = what or f"gradient norm is {value}"
+        note = (
+            "its update (and any later non-finite one) was skipped, so no NaN reached the weights or the EMA, and "
+            f"training stopped at step {step}"
+        )
+        raise self.error(what, int(first_step), note)
+
+
+class StepMetrics:
+    r"""
+    The loss terms and gradient norms of the steps since the last logging step, summed on the device: reading them
+    ([`pop`]) is the loop's only host sync, done at logging steps. Time spent in [`paused`] blocks (checkpoints,
+    validation, evaluation) is left out of the throughput.
+    """
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(4, device=device)  # loss, denoising, projection (means over micro-steps), grad norm
+        self.steps = 0
+        self.start, self.excluded = time.perf_counter(), 0.0
+
+    def add_micro_step(self, values: torch.Tensor, accumulation_steps: int) -> None:
+        """`values`: `(3,)` loss, denoising and projection loss of one micro-step (already averaged over processes)."""
+        self.sums[:3] += values.detach().float() / accumulation_steps
+
+    def add_step(self, grad_norm: torch.Tensor | None) -> None:
+        if grad_norm is not None:
+            self.sums[3] += grad_norm.detach().float()
+        self.steps += 1
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Work that is not training: its time does not count in `images_per_second`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - start
+
+    def pop(self, global_batch_size: int) -> dict[str, float]:
+        """Means over the steps since the last call, and the images per second; then start a new window."""
+        loss, denoising, projection, grad_norm = (self.sums / max(self.steps, 1)).tolist()
+        now = time.perf_counter()
+        elapsed = max(now - self.start - self.excluded, 1e-9)
+        logs = {
+            "loss": loss,
+            "denoising_loss": denoising,
+            "projection_loss": projection,
+            "grad_norm": grad_norm,
+            "images_per_second": global_batch_size * self.steps / elapsed,
+        }
+        self.sums.zero_()
+        self.steps = 0
+        self.start, self.excluded = now, 0.0
+        return logs
+
+
+def per_process_batch_size(global_batch_size: int, num_processes: int, gradient_accumulation_steps: int) -> int:
+    """Images per process and micro-step; the global batch must split evenly."""
+    micro_batches = num_processes * gradient_accumulation_steps
+    if global_batch_size % micro_batches:
+        raise ValueError(
+            f"--batch_size {global_batch_size} (global) must be divisible by processes x gradient_accumulation_steps "
+            f"= {micro_batches}."
+        )
+    return global_batch_size // micro_batches
+
+
+def batch_is_empty(
+    accelerator: "Accelerator", batch: Mapping[str, Any], skipped: "SkippedImages", can_drop_images: bool
+) -> bool:
+    """
+    Count the batch's skipped images; with raw image folders (`can_drop_images`), whether any process got a batch with
+    no usable image (all processes then skip it alike: one small all-gather per micro-step, only for such data).
+    """
+    skipped.update(batch["skipped"])
+    if not can_drop_images:
+        return False
+    sizes = accelerator.gather(torch.tensor([len(batch["class_labels"])], device=accelerator.device))
+    if sizes.min() == 0:
+        logger.warning(f"Skipping a batch whose images could not be read ({skipped}).")
+        return True
+    return False
+
+
+def use_fused_optimizer(device: torch.device) -> bool:
+    """Whether the trainer uses `AdamW(fused=True)` (one kernel per step, and a device-side non-finite guard): CUDA."""
+    return torch.device(device).type == "cuda"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pipelines and validation grids
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PipelineSpec:
+    r"""
+    What turns a trained transformer into a [`REPAPipeline`]: the VAE (None in pixel space), the class names, the
+    latent scale and shift (pixel-space models get 1 and 0: pixels in [-1, 1]) and the flow path.
+    """
+
+    vae: "AutoencoderKL | None"
+    id2label: dict[str, str] | None
+    latent_scale: float = 1.0
+    latent_shift: float = 0.0
+    path_type: str = "linear"
+
+    def build(self, transformer: SiTTransformer2DModel, sde: bool = False) -> REPAPipeline:
+        """A pipeline around `transformer`, with the Euler ODE sampler (or, `sde=True`, the official SDE sampler)."""
+        scheduler_class = SiTEulerMaruyamaScheduler if sde else SiTEulerScheduler
+        return REPAPipeline(
+            transformer=transformer,
+            scheduler=scheduler_class(path_type=self.path_type),
+            vae=self.vae,
+            id2label=self.id2label,
+            latent_scale=self.latent_scale,
+            latent_shift=self.latent_shift,
+        )
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """The validation grid: its classes, the Euler ODE steps, the guidance scale and the seed of its fixed noise."""
+
+    class_labels: tuple[int, ...]
+    num_inference_steps: int = 50
+    guidance_scale: float = 4.0
+    seed: int = 0
+
+
+def validation_labels(requested: Sequence[int] | None, num_classes: int) -> tuple[int, ...]:
+    """The requested validation classes (checked), or 8 classes spread evenly over `num_classes`."""
+    if requested is None:
+        count = min(8, num_classes)
+        return tuple(round(i * (num_classes - 1) / max(count - 1, 1)) for i in range(count))
+    wrong = [label for label in requested if not 0 <= label < num_classes]
+    if wrong:
+        raise ValueError(f"--validation_class_labels {wrong} are not class ids in [0, {num_classes - 1}].")
+    return tuple(requested)
+
+
+@contextlib.contextmanager
+def ema_weights(model: torch.nn.Module, ema: "EMAModel | None") -> Iterator[torch.nn.Module]:
+    """
+    Swap the EMA weights into `model` (when there is an EMA) and put it in eval mode (no label dropout); the trained
+    weights and train mode come back at the end, even after an error.
+    """
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train()
+        if ema is not None:
+            ema.restore(model.parameters())
+
+
+@torch.no_grad()
+def sample_grid(pipeline: REPAPipeline, settings: ValidationSettings) -> "Image.Image":
+    """A labelled grid of the validation classes, from fixed per-image noise (the same at every validation)."""
+    from .sample import caption, image_generators, make_grid, to_uint8
+
+    labels = list(settings.class_labels)
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline(
+        labels,
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        guidance_interval=(0.0, 1.0),
+        generator=image_generators(settings.seed, range(len(labels))),
+        output_type="np",
+    ).images
+    captions = [caption(pipeline, label) for label in labels]
+    scale = max(1, 128 // images.shape[1])  # small images are enlarged so that they (and their captions) are legible
+    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    return make_grid(to_uint8(images), captions, columns=min(len(labels), 8))
+
+
+def log_image(accelerator: "Accelerator", tag: str, image: "Image.Image", step: int) -> None:
+    """Send an image to the run's trackers (tensorboard, wandb)."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image(tag, np.asarray(image), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({tag: wandb.Image(image)}, step=step)
+
+
+def log_validation(
+    accelerator: "Accelerator",
+    transformer: torch.nn.Module,
+    ema: "EMAModel | None",
+    spec: PipelineSpec,
+    settings: ValidationSettings,
+    output_dir: Path,
+    step: int,
+) -> Path | None:
+    """Sample the validation grid from the EMA weights in eval mode, save it to `samples/` and send it to the
+    trackers, on the main process (the others return None at once)."""
+    if not accelerator.is_main_process:
+        return None
+    with ema_weights(accelerator.unwrap_model(transformer), ema) as model, accelerator.autocast():
+        grid = sample_grid(spec.build(model), settings)
+    path = Path(output_dir) / "samples" / f"step-{step:07d}.png"
+    path.parent.mkdir(exist_ok=True)
+    grid.save(path)
+    log_image(accelerator, "validation", grid, step)
+    logger.info(f"Validation grid: {path}")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Runs: the checkpoint to resume from, what a resume changes, checkpoint hooks and uploads
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved as `training_state.json`, the completion mark of a checkpoint."""
+
+    global_step: int = 0
+    batches_seen: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"global_step": self.global_step, "batches_seen": self.batches_seen}
+
+
+def checkpoint_contents(lora: bool, alignment: bool) -> list[str]:
+    """The paths every complete checkpoint of the trainer holds (checked before a resume)."""
+    contents = ["optimizer.bin", "scheduler.bin", "random_states_0.pkl"]
+    contents += ["transformer_lora"] if lora else ["transformer", "transformer_ema"]
+    return contents + (["projector"] if alignment else [])
+
+
+def prepare_training_run(
+    accelerator: "Accelerator",
+    output_dir: Path,
+    resume_from_checkpoint: str | None,
+    overwrite: bool,
+    required: Iterable[str],
+    run_outputs: Iterable[str],
+) -> Path | None:
+    """[`prepare_run_folder`], with a damaged explicit `--resume_from_checkpoint` as one `ValueError` saying what to
+    do. Returns the checkpoint to resume from (or None) on every process."""
+    try:
+        return prepare_run_folder(accelerator, output_dir, resume_from_checkpoint, overwrite, required, run_outputs)
+    except CheckpointError as error:
+        raise ValueError(
+            f"--resume_from_checkpoint {resume_from_checkpoint}: {error}. Resume from another checkpoint "
+            "(`latest` picks the newest complete one)."
+        ) from None
+
+
+def resume_options(
+    run_args: dict[str, Any], resume_path: Path, applicable: Collection[str], ignored: Collection[str]
+) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]]]:
+    """
+    Compare this command's options with those `resume_path` was trained with ([`compare_resume_args`]): refused
+    changes raise one error listing them all (turning the alignment on or off by `proj_coeff` is refused too: it adds
+    or removes the projector); the others are logged and returned, with `run_args` plus the history of changes.
+    """
+    saved = load_resume_args(resume_path)
+    if saved is None:
+        logger.warning(f"{resume_path} does not record its options: they cannot be compared with this command's.")
+        return run_args, {}
+    diff = compare_resume_args(saved, run_args, applicable, ignored)
+    if "proj_coeff" in diff.applied and (saved["proj_coeff"] > 0) != (run_args["proj_coeff"] > 0):
+        diff.refused["proj_coeff"] = diff.applied.pop("proj_coeff")
+    if diff.refused:
+        raise ValueError(diff.refusal(resume_path))
+    step = json.loads((resume_path / TRAINING_STATE).read_text())["global_step"]
+    for name, (old, new) in diff.applied.items():
+        logger.warning(f"{name} changed {old} -> {new} on resume (from step {step + 1}).")
+    return with_resume_history(saved, run_args, diff.applied, step), diff.applied
+
+
+def load_training_state(accelerator: "Accelerator", resume_path: Path) -> TrainState:
+    """`accelerator.load_state` from a verified checkpoint (the hooks load the models), and its training state."""
+    accelerator.print(f"Resuming from {resume_path}")
+    if not (resume_path / f"random_states_{accelerator.process_index}.pkl").is_file():
+        logger.warning(
+            f"{resume_path} has no random state for process {accelerator.process_index} (it was saved by fewer "
+            "processes): the resumed run will not repeat an uninterrupted one exactly."
+        )
+    accelerator.load_state(str(resume_path))
+    state = json.loads((resume_path / TRAINING_STATE).read_text())
+    return TrainState(state["global_step"], state["batches_seen"])
+
+
+def register_checkpoint_hooks(accelerator: "Accelerator", ema: "EMAModel | None", lora: bool) -> None:
+    """Save and load the models of a checkpoint in diffusers' format: `transformer/` (or `transformer_lora/`),
+    `transformer_ema/` and `projector/`, instead of accelerate's `model.safetensors` files."""
+    from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
+    from diffusers.training_utils import EMAModel
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    def save_model_hook(models, weights, checkpoint_dir):
+        if accelerator.is_main_process:
+            for model in models:
+                model = accelerator.unwrap_model(model)
+                if isinstance(model, REPAProjector):
+                    model.save_pretrained(os.path.join(checkpoint_dir, "projector"))
+                elif lora:
+                    model.save_lora_adapter(os.path.join(checkpoint_dir, "transformer_lora"))
+                else:
+                    model.save_pretrained(os.path.join(checkpoint_dir, "transformer"))
+            if ema is not None:
+                # EMAModel builds a randomly initialised model to save: keep that off the training's random stream, so
+                # that a run's numbers do not depend on when it saved (an extra checkpoint on SIGTERM, a new cadence).
+                with torch.random.fork_rng(devices=[]):
+                    ema.save_pretrained(os.path.join(checkpoint_dir, "transformer_ema"))
+        weights.clear()  # everything is saved above, in diffusers' format
+
+    def load_model_hook(models, checkpoint_dir):
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            if isinstance(model, REPAProjector):
+                model.load_state_dict(REPAProjector.from_pretrained(checkpoint_dir, subfolder="projector").state_dict())
+            elif lora:
+                adapter = load_file(os.path.join(checkpoint_dir, "transformer_lora", LORA_WEIGHT_NAME_SAFE))
+                set_peft_model_state_dict(model, adapter, adapter_name="default")
+            else:
+                loaded = SiTTransformer2DModel.from_pretrained(checkpoint_dir, subfolder="transformer")
+                model.load_state_dict(loaded.state_dict())
+        if ema is not None:
+            loaded = EMAModel.from_pretrained(os.path.join(checkpoint_dir, "transformer_ema"), SiTTransformer2DModel)
+            ema.load_state_dict(loaded.state_dict())
+            ema.to(accelerator.device)
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+
+class CheckpointUploads:
+    r"""
+    Background uploads of checkpoints to a Hub repo (`--push_checkpoints_to_hub`), each into its own folder of the
+    repo. `upload` is `huggingface_hub.upload_folder` (passed in, so that the trainer's module-level name is used).
+    A failed upload is reported, not fatal.
+    """
+
+    def __init__(self, upload: Callable[..., Any], repo_id: str | None, token: str | None):
+        self.upload, self.repo_id, self.token = upload, repo_id, token
+        self.pending: list[concurrent.futures.Future] = []
+
+    def push(self, checkpoint: Path, step: int) -> None:
+        self.wait()  # the previous upload must not race the pruning of its folder
+        future = self.upload(
+            repo_id=self.repo_id,
+            folder_path=checkpoint,
+            path_in_repo=checkpoint.name,
+            commit_message=f"Checkpoint {step}",
+            token=self.token,
+            run_as_future=True,
+        )
+        self.pending.append(future)
+
+    def wait(self) -> None:
+        for future in self.pending:
+            try:
+                future.result()
+            except Exception as error:  # noqa: BLE001 - any Hub/network error
+                logger.warning(f"A checkpoint upload to the Hub failed: {error}")
+        self.pending.clear()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluation while training (FID, CKNNA)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def fixed_alignment_batch(
+    dataset: "datasets.Dataset",
+    data: DatasetInfo,
+    targets: AlignmentTargets,
+    num_images: int,
+    seed: int,
+    resolution: int,
+    image_column: str,
+    label_column: str,
+    latent_scale: float,
+    latent_shift: float,
+    accelerator: "Accelerator",
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    A fixed set of `num_images` training images (a seeded random subset) for CKNNA: their clean model inputs (the VAE
+    posterior mean, not a draw, for latents; pixels in [-1, 1] otherwise) and the first encoder's target features,
+    both on the CPU: `(N, C, H, W)` and `(N, T, D)` float32.
+    """
+    if num_images > len(dataset):
+        raise ValueError(f"--cknna_num_images {num_images} exceeds the dataset's {len(dataset)} images.")
+    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num_images].tolist()
+    array_columns = ([MOMENTS_COLUMN] if data.latent else []) + targets.columns
+    batches = TrainingBatches(dataset, ImageTransform(resolution, image_column, label_column), array_columns)
+    samples, features = [], []
+    for start in range(0, len(indices), batch_size):
+        batch = batches.__getitems__(indices[start : start + batch_size])
+        if data.latent:
+            mean = batch[MOMENTS_COLUMN][:, : data.in_channels].float()
+            samples.append(mean * latent_scale + latent_shift)
+        else:
+            samples.append(clean_sample(batch, False, latent_scale, latent_shift))
+        on_device = {
+            key: value.to(accelerator.device) if torch.is_tensor(value) else value for key, value in batch.items()
+        }
+        with torch.inference_mode(), accelerator.autocast():
+            features.append(targets(on_device)[0].float().cpu())
+    return torch.cat(samples), torch.cat(features)
+
+
+class TrainingEvaluation:
+    r"""
+    Evaluation while training (`--fid_steps`, `--cknna_steps`): the EMA weights' FID/sFID/precision/recall
+    ([`~diffusers_repa.evaluation.monitor.FIDMonitor`]; every process samples its share, the main process runs the
+    feature network) and CKNNA ([`~diffusers_repa.evaluation.monitor.CKNNAProbe`], main process), in eval mode. The
+    results go to the trackers and, on the main process, to `path` (JSON: `description`, `final`, `history`); a resumed
+    run keeps the entries up to the step it resumed from. Every process records which evaluations it ran, so all take
+    the same decisions.
+    """
+
+    def __init__(
+        self,
+        fid: "FIDMonitor | None" = None,
+        cknna: "CKNNAProbe | None" = None,
+        fid_steps: int = 0,
+        cknna_steps: int = 0,
+        path: Path | None = None,
+        is_main_process: bool = True,
+    ):
+        self.fid, self.cknna, self.fid_steps, self.cknna_steps = fid, cknna, fid_steps, cknna_steps
+        self.path, self.is_main_process = path, is_main_process
+        self.description = fid.describe() if fid is not None and fid.network is not None else None
+        self.history: list[dict[str, float]] = []
+        self._ran: set[tuple[int, str]] = set()
+
+    @classmethod
+    def from_args(
+        cls,
+        args: argparse.Namespace,
+        data: DatasetInfo,
+        dataset: "datasets.Dataset",
+        targets: AlignmentTargets | None,
+        accelerator: "Accelerator",
+    ) -> "TrainingEvaluation":
+        """Set up `train_repa.py`'s evaluations (before the first step): the FID reference (built once and cached in
+        `--output_dir`) and the feature network on the main process, the CKNNA batch."""
+        from .evaluation.monitor import CKNNAProbe, FIDMonitor
+
+        fid = cknna = None
+        if args.fid_steps:
+            settings = dict(num_samples=args.fid_num_samples, num_classes=data.num_classes, seed=args.seed,
+                            num_inference_steps=args.fid_num_inference_steps, guidance_scale=args.fid_guidance_scale,
+                            batch_size=args.fid_batch_size)  # fmt: skip
+            if accelerator.is_main_process:
+                fid = FIDMonitor.from_source(
+                    args.fid_reference, cache_dir=args.output_dir, resolution=args.resolution,
+                    split=args.fid_reference_split, num_images=args.fid_reference_num_images, reference_seed=args.seed,
+                    device=accelerator.device, dataset_cache_dir=args.cache_dir, **settings,
+                )  # fmt: skip
+            else:  # the other processes only sample their share
+                fid = FIDMonitor(None, None, **settings)
+            accelerator.wait_for_everyone()
+        if args.cknna_steps and accelerator.is_main_process:
+            sample, features = fixed_alignment_batch(
+                dataset, data, targets, args.cknna_num_images, args.seed, args.resolution, args.image_column,
+                args.label_column, args.latent_scale, args.latent_shift, accelerator,
+            )  # fmt: skip
+            cknna = CKNNAProbe(
+                sample, features, path_type=args.path_type, seed=args.seed, batch_size=args.fid_batch_size
+            )
+        path = Path(args.output_dir) / "eval_metrics.json"
+        return cls(fid, cknna, args.fid_steps, args.cknna_steps, path, accelerator.is_main_process)
+
+    def resume(self, step: int) -> None:
+        """Keep the recorded evaluations up to `step`, the step a resumed run starts from."""
+        if self.is_main_process and self.path is not None and self.path.is_file():
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+            self.history = [entry for entry in saved.get("history", []) if entry["step"] <= step]
+
+    def due(self, step: int, final: bool = False) -> tuple[bool, bool]:
+        """Whether FID and CKNNA are due at `step`: on their cadence, or (`final`) when not yet run at `step`."""
+        if final:
+            return (bool(self.fid_steps) and (step, "fid") not in self._ran,
+                    bool(self.cknna_steps) and (step, "cknna") not in self._ran)  # fmt: skip
+        return (bool(self.fid_steps) and step % self.fid_steps == 0,
+                bool(self.cknna_steps) and step % self.cknna_steps == 0)  # fmt: skip
+
+    def run(
+        self,
+        accelerator: "Accelerator",
+        transformer: torch.nn.Module,
+        ema: "EMAModel | None",
+        spec: PipelineSpec,
+        step: int,
+        final: bool = False,
+    ) -> dict[str, float]:
+        """
+        Run the evaluations due at `step` ([`due`]; with `final`, those not yet run at `step`) on the EMA weights; call
+        on every process (the values are returned on the main one).
+        """
+        from accelerate.utils import gather_object
+
+        with_fid, with_cknna = self.due(step, final)
+        values: dict[str, float] = {}
+        with ema_weights(accelerator.unwrap_model(transformer), ema) as model:
+            if with_fid:
+                with accelerator.autocast():
+                    images = self.fid.sample(spec.build(model), accelerator.process_index, accelerator.num_processes)
+            if with_cknna and self.cknna is not None:
+                values["cknna"] = self.cknna(model)
+        if with_fid:
+            shares = gather_object([images])
+            if accelerator.is_main_process:
+                values.update(self.fid.evaluate(shares))
+        self._ran.update([(step, "fid")] * with_fid + [(step, "cknna")] * with_cknna)
+        if accelerator.is_main_process and values:
+            accelerator.log(values, step=step)
+            logger.info(f"Evaluation at step {step}: {values}")
+            self.history = [entry for entry in self.history if entry["step"] != step] + [{"step": step, **values}]
+            if self.path is not None:
+                document = {"description": self.description, "final": self.final(), "history": self.history}
+                write_json_atomically(self.path, document)
+        return values
+
+    def final(self) -> dict[str, float]:
+        """The latest value of each metric and the step of the latest evaluation (`<metric>_step` where older)."""
+        latest: dict[str, tuple[int, float]] = {}
+        for entry in self.history:
+            latest.update({name: (entry["step"], value) for name, value in entry.items() if name != "step"})
+        if not latest:
+            return {}
+        step = max(measured for measured, _ in latest.values())
+        result: dict[str, Any] = {"step": step}
+        for name, (measured, value) in latest.items():
+            result[name] = value
+            if measured != step:
+                result[f"{name}_step"] = measured
+        return result
+
+
+def write_model_card(
+    args: argparse.Namespace,
+    data: DatasetInfo,
+    model: SiTTransformer2DModel,
+    steps: int,
+    repo_id: str,
+    run_args: Mapping[str, Any],
+    example_label: int,
+    evaluation: TrainingEvaluation | None = None,
+) -> None:
+    """
+    `train_repa.py`'s model card, saved as README.md in `--output_dir`: the architecture of the model trained (the
+    preset's name only when it is the preset), the data, the hyperparameters (a value a resume changed shows its
+    history) and the final evaluation.
+    """
+    from .model_card import build_model_card, describe_architecture
+
+    config = model.config
+    architecture = describe_architecture(config)
+    description = (
+        f"A {architecture} with {config.num_classes} classes, trained with REPA on "
+        f"`{args.dataset_name or args.train_data_dir}` at {args.resolution}x{args.resolution} "
+        f"({'VAE latents' if data.latent else 'pixels'}), aligning block {config.alignment_depth}."
+    )
+    names = ("proj_coeff", "proj_coeff_schedule", "alignment_stop_step", "path_type", "weighting", "cfg_prob",
+             "legacy", "learning_rate", "batch_size", "max_grad_norm", "ema_decay", "mixed_precision", "lora_rank",
+             "seed")  # fmt: skip
+    hyperparameters = {"architecture": architecture, "alignment_depth": config.alignment_depth}
+    hyperparameters.update({name: getattr(args, name) for name in names})
+    if args.lora_rank is not None:
+        hyperparameters["ema_decay"] = None
+    history = run_args.get(RESUME_HISTORY, [])
+    card = build_model_card(
+        repo_id,
+        model_description=description,
+        encoders=encoder_names(args.encoder) if args.proj_coeff > 0 else [],
+        hyperparameters={name: value_history(name, value, history) for name, value in hyperparameters.items()},
+        train_steps=steps,
+        dataset=args.dataset_name,
+        base_model=args.pretrained_model_name_or_path,
+        lora=args.lora_rank is not None,
+        sample_grid="sample_grid.png",
+        example_label=example_label,
+        metrics=evaluation.final() if evaluation is not None else None,
+        metrics_description=evaluation.description if evaluation is not None else None,
+    )
+    card.save(Path(args.output_dir) / "README.md")
+
+
+def save_final_outputs(
+    accelerator: "Accelerator",
+    args: argparse.Namespace,
+    transformer: torch.nn.Module,
+    projector: torch.nn.Module | None,
+    ema: "EMAModel | None",
+    spec: PipelineSpec,
+    validation: ValidationSettings,
+    data: DatasetInfo,
+    steps: int,
+    *,
+    repo_id: str | None,
+    run_args: Mapping[str, Any],
+    evaluation: TrainingEvaluation,
+    uploads: CheckpointUploads,
+    upload: Callable[..., Any],
+) -> None:
+    """
+    `train_repa.py`'s final outputs, on the main process: a `REPAPipeline` folder of the EMA weights with the
+    official SDE sampler (or, with LoRA, the adapter alone), the projector, the sample grid, the model card, and the
+    upload to the Hub (`upload` is `huggingface_hub.upload_folder`; checkpoints, logs, validation grids, the options
+    and the cached FID reference stay local).
+    """
+    output_dir = Path(args.output_dir)
+    model = accelerator.unwrap_model(transformer)
+    if args.lora_rank is not None:
+        model.save_lora_adapter(output_dir)
+    else:  # a copy holding the EMA weights; the trained weights stay as they are on every process
+        model = SiTTransformer2DModel.from_config(model.config).to(accelerator.device)
+        ema.copy_to(model.parameters())
+        spec.build(model, sde=True).save_pretrained(output_dir)
+    model.eval()
+    if projector is not None:
+        accelerator.unwrap_model(projector).save_pretrained(output_dir / "projector")
+    with accelerator.autocast():
+        sample_grid(spec.build(model), validation).save(output_dir / "sample_grid.png")
+    repo_name = repo_id or args.hub_model_id or output_dir.name
+    write_model_card(args, data, model, steps, repo_name, run_args, validation.class_labels[0], evaluation)
+    if args.push_to_hub:
+        uploads.wait()
+        upload(
+            repo_id=repo_id,
+            folder_path=output_dir,
+            commit_message="End of training",
+            ignore_patterns=["checkpoint-*", ".*", f"{args.logging_dir}/*", "samples/*", TRAINING_ARGS,
+                             "fid_reference-*.npz"],
+            token=args.hub_token,
+        )  # fmt: skip
+    where = "LoRA adapter" if args.lora_rank is not None else "pipeline (EMA weights)"
+    final = evaluation.final()
+    accelerator.print(
+        f"\nTraining finished at step {steps}. Outputs in {output_dir}:\n"
+        f"  {where}: {output_dir}\n"
+        f"  checkpoints: {', '.join(path.name for _, path in list_checkpoints(output_dir)) or 'none'}\n"
+        f"  sample grid: {output_dir / 'sample_grid.png'} (validation grids in {output_dir / 'samples'})\n"
+        f"  model card: {output_dir / 'README.md'}\n"
+        f"  logs: {output_dir / args.logging_dir}"
+        + (f"\n  final metrics ({evaluation.path}): {final}" if final else "")
+    )
