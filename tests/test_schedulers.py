@@ -23,7 +23,8 @@ def test_ode_grid_is_official_linspace():
     for cls in (SiTEulerScheduler, SiTHeunScheduler):
         scheduler = cls()
         scheduler.set_timesteps(8)
-        assert torch.equal(scheduler.sigmas, torch.linspace(1, 0, 9, dtype=torch.float64))
+        assert torch.equal(scheduler.time_grid, torch.linspace(1, 0, 9, dtype=torch.float64))
+        assert torch.equal(scheduler.sigmas, scheduler.time_grid)  # linear path: sigma(t) = t
     scheduler = SiTEulerScheduler()
     scheduler.set_timesteps(8)
     assert torch.equal(scheduler.timesteps, torch.linspace(1, 0, 9, dtype=torch.float64)[:-1])
@@ -33,10 +34,10 @@ def test_sde_grid_ends_at_t_last_then_zero():
     scheduler = SiTEulerMaruyamaScheduler()
     scheduler.set_timesteps(8)
     expected = torch.cat([torch.linspace(1.0, 0.04, 8, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
-    assert torch.equal(scheduler.sigmas, expected)
+    assert torch.equal(scheduler.time_grid, expected)
     assert len(scheduler.timesteps) == 8
     scheduler.set_timesteps(1)  # a single noise-free drift step from 1 to 0
-    assert scheduler.sigmas.tolist() == [1.0, 0.0]
+    assert scheduler.time_grid.tolist() == [1.0, 0.0]
     assert not scheduler.noise_needed
 
 
@@ -79,11 +80,11 @@ def test_sde_linear_drift_closed_form():
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     v = torch.randn(2, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     noise = torch.randn(2, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    t, t_next = scheduler.sigmas[:2].tolist()
-    out = scheduler.step(v, t, x, noise=noise).prev_sample
+    t, t_next = scheduler.time_grid[:2].tolist()
+    out = scheduler.step(v, t, x, variance_noise=noise).prev_sample
     expected = x + (x + (2 - t) * v) * (t_next - t) + (2 * t) ** 0.5 * (t - t_next) ** 0.5 * noise
     assert torch.allclose(out, expected, atol=1e-12)
-    scheduler.step(v, scheduler.timesteps[1], out, noise=noise)
+    scheduler.step(v, scheduler.timesteps[1], out, variance_noise=noise)
     assert not scheduler.noise_needed
     t_last = float(scheduler.timesteps[2])
     final = scheduler.step(v, scheduler.timesteps[2], x).prev_sample
@@ -117,7 +118,7 @@ def test_state_dtype(cls):
     assert out.dtype == torch.float64  # never quantised to the model's dtype
     scheduler = cls(state_dtype="float32")
     scheduler.set_timesteps(3)
-    assert scheduler.sigmas.dtype == torch.float32
+    assert scheduler.sigmas.dtype == scheduler.time_grid.dtype == torch.float32
     out = scheduler.step(torch.ones_like(x), scheduler.timesteps[0], x, **step_kwargs).prev_sample
     assert out.dtype == torch.float32
 
@@ -137,7 +138,7 @@ def test_diffusers_scheduler_api(cls, tmp_path):
     out_tuple = cls.from_config(scheduler.config)
     out_tuple.set_timesteps(2)
     scheduler.set_timesteps(2)
-    kwargs = {"noise": torch.zeros_like(x)} if cls is SiTEulerMaruyamaScheduler else {}
+    kwargs = {"variance_noise": torch.zeros_like(x)} if cls is SiTEulerMaruyamaScheduler else {}
     dict_out = scheduler.step(-x, scheduler.timesteps[0], x, **kwargs).prev_sample
     (tuple_out,) = out_tuple.step(-x, out_tuple.timesteps[0], x, return_dict=False, **kwargs)
     assert torch.equal(dict_out, tuple_out)
@@ -147,9 +148,9 @@ def test_diffusers_scheduler_api(cls, tmp_path):
 def test_begin_index_and_custom_sigmas(cls):
     full = cls()
     full.set_timesteps(sigmas=[1.0, 0.5, 0.25])
-    assert full.sigmas.tolist() == [1.0, 0.5, 0.25, 0.0]
+    assert full.time_grid.tolist() == full.sigmas.tolist() == [1.0, 0.5, 0.25, 0.0]
     x = torch.randn(1, 4, 2, 2, dtype=torch.float64)
-    kwargs = {"noise": torch.zeros_like(x)} if cls is SiTEulerMaruyamaScheduler else {}
+    kwargs = {"variance_noise": torch.zeros_like(x)} if cls is SiTEulerMaruyamaScheduler else {}
     # Starting at the second model call by timestep (or by begin_index) gives the same step.
     by_time = cls()
     by_time.set_timesteps(sigmas=[1.0, 0.5, 0.25])
@@ -174,9 +175,12 @@ def test_errors(cls):
             scheduler.set_timesteps(steps)
     scheduler.set_timesteps(np.int64(3))  # NumPy integers are integers
     assert scheduler.num_inference_steps == 3
-    for sigmas in ([0.5, 0.8], [1.5, 0.5], [1.0, 0.0], []):
-        with pytest.raises(ValueError, match="sigmas"):
-            scheduler.set_timesteps(sigmas=sigmas)
+    for grid in ([0.5, 0.8], [1.5, 0.5], [1.0, 0.0], []):
+        for name in ("sigmas", "timesteps"):
+            with pytest.raises(ValueError, match=name):
+                scheduler.set_timesteps(**{name: grid})
+    with pytest.raises(ValueError, match="either"):
+        scheduler.set_timesteps(sigmas=[1.0, 0.5], timesteps=[1.0, 0.5])
     scheduler.set_timesteps(1)
     with pytest.raises(ValueError, match="not in the schedule"):
         scheduler.step(x, 0.3, x)
@@ -191,5 +195,59 @@ def test_sde_errors():
     scheduler = SiTEulerMaruyamaScheduler()
     scheduler.set_timesteps(4)
     x = torch.randn(2, 4, 2, 2)
-    with pytest.raises(ValueError, match="noise"):
-        scheduler.step(x, 1.0, x, noise=torch.randn(1, 4, 2, 2))
+    with pytest.raises(ValueError, match="variance_noise"):
+        scheduler.step(x, 1.0, x, variance_noise=torch.randn(1, 4, 2, 2))
+    with pytest.raises(TypeError, match="unexpected keyword argument `noies`"):
+        scheduler.step(x, 1.0, x, noies=torch.randn(2, 4, 2, 2))
+
+
+@pytest.mark.parametrize("path_type", ["linear", "cosine"])
+def test_time_grid_is_flow_time_and_sigmas_are_noise_scales(path_type):
+    """`time_grid` holds the times t the samplers step on; `sigmas` the path's noise scale sigma(t) at those times."""
+    scheduler = SiTEulerMaruyamaScheduler(path_type=path_type)
+    scheduler.set_timesteps(6)
+    times = torch.cat([torch.linspace(1.0, 0.04, 6, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+    assert torch.equal(scheduler.time_grid, times)
+    assert torch.equal(scheduler.timesteps, times[:-1])
+    expected = times if path_type == "linear" else torch.sin(times * torch.pi / 2)
+    torch.testing.assert_close(scheduler.sigmas, expected, atol=1e-15, rtol=0)
+    if path_type == "cosine":
+        assert (scheduler.sigmas[1:-1] > scheduler.time_grid[1:-1]).all()  # not the times any more
+
+    # A custom grid as noise scales (diffusers' `sigmas=`) or as flow times (`timesteps=`) gives the same schedule.
+    by_sigma, by_time = SiTEulerScheduler(path_type=path_type), SiTEulerScheduler(path_type=path_type)
+    by_sigma.set_timesteps(sigmas=scheduler.sigmas[:-1].tolist())
+    by_time.set_timesteps(timesteps=times[:-1].tolist())
+    torch.testing.assert_close(by_sigma.time_grid, by_time.time_grid, atol=1e-12, rtol=0)
+    torch.testing.assert_close(by_sigma.sigmas, scheduler.sigmas, atol=1e-12, rtol=0)
+    if path_type == "linear":  # the noise scales are the times: exactly the same grid
+        assert torch.equal(by_sigma.time_grid, by_time.time_grid)
+
+
+def test_sde_old_noise_argument_still_works_with_a_deprecation():
+    x = torch.randn(2, 4, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 4, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    new, old = SiTEulerMaruyamaScheduler(), SiTEulerMaruyamaScheduler()
+    new.set_timesteps(4)
+    old.set_timesteps(4)
+    expected = new.step(-x, 1.0, x, variance_noise=noise).prev_sample
+    with pytest.warns(FutureWarning, match="variance_noise"):
+        got = old.step(-x, 1.0, x, noise=noise).prev_sample
+    assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match="once"), pytest.warns(FutureWarning):
+        old.step(-x, old.timesteps[1], x, noise=noise, variance_noise=noise)
+
+
+def test_sde_generator_draws_the_same_noise_as_randn_tensor():
+    """Without `variance_noise`, the step draws its noise with the generator (`randn_tensor` of the state's shape and
+    dtype): the same as passing that draw explicitly."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    x = torch.randn(2, 4, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    drawn, given = SiTEulerMaruyamaScheduler(), SiTEulerMaruyamaScheduler()
+    drawn.set_timesteps(3)
+    given.set_timesteps(3)
+    generators = [torch.Generator().manual_seed(s) for s in (7, 8)]
+    out = drawn.step(-x, 1.0, x, generator=generators).prev_sample
+    noise = randn_tensor(x.shape, generator=[torch.Generator().manual_seed(s) for s in (7, 8)], dtype=x.dtype)
+    assert torch.equal(out, given.step(-x, 1.0, x, variance_noise=noise).prev_sample)
