@@ -1,9 +1,13 @@
 """REPAPipeline's fast/exact switch: fast mode computes the same function as exact mode within the stated tolerances."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
 from diffusers_repa.pipeline_repa import REPAPipeline
+from diffusers_repa.sample import main
 from diffusers_repa.schedulers import SiTEulerMaruyamaScheduler, SiTHeunScheduler
 
 from .test_pipeline_repa import CallRecorder
@@ -154,3 +158,22 @@ def test_cuda_fast_mode_has_no_host_sync_in_the_loop_and_matches_exact(repa_tiny
         torch.cuda.set_sync_debug_mode("default")
     assert relative_l2(fast, exact) < 1e-2
     pipeline.to("cpu")
+
+
+def test_sample_cli_fast_flag(repa_tiny_pipeline_dir, tmp_path):
+    def npz(output, *extra):
+        argv = ["npz", "--model", str(repa_tiny_pipeline_dir), "--output", str(output), "--scheduler", "sde"]
+        return main([*argv, "--steps", "6", "--num_images", "3", "--batch_size", "2", *extra])
+
+    assert npz(tmp_path / "exact.npz") == 0
+    assert npz(tmp_path / "fast.npz", "--fast") == 0
+    exact, fast = np.load(tmp_path / "exact.npz")["arr_0"], np.load(tmp_path / "fast.npz")["arr_0"]
+    assert exact.shape == fast.shape == (3, 16, 16, 3)
+    assert np.abs(exact.astype(int) - fast.astype(int)).max() <= 1  # float32 vs float64 state: at most one level
+    assert json.loads((tmp_path / "fast.npz.parts" / "settings.json").read_text())["fast"] is True
+    # An exact run records no "fast" key (runs started before the flag existed resume), and refuses --fast.
+    assert "fast" not in json.loads((tmp_path / "exact.npz.parts" / "settings.json").read_text())
+    assert npz(tmp_path / "exact.npz", "--fast") == 2
+    grid = tmp_path / "grid.png"
+    argv = ["grid", "--model", str(repa_tiny_pipeline_dir), "--classes", "3", "--steps", "2", "--output", str(grid)]
+    assert main([*argv, "--fast"]) == 0 and grid.is_file()

@@ -140,6 +140,7 @@ def generate(
         generator=image_generators(args.seed, indices),
         output_type="np",
         callback_on_step_end=abandon_on_signal if stop is not None else None,
+        fast=args.fast,
     ).images
     return to_uint8(images)
 
@@ -216,7 +217,7 @@ def run_npz(args: argparse.Namespace, stop: StopSignal) -> None:
     settings = {
         key: str(value) if isinstance(value, Path) else value
         for key, value in vars(args).items()
-        if key not in ("output", "command")
+        if key not in ("output", "command") and not (key == "fast" and not value)  # runs from before --fast resume
     }
     settings_file = parts / "settings.json"
     try:
@@ -309,6 +310,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         sub.add_argument("--guidance_interval", type=float, nargs=2, default=(0.0, 0.7), metavar=("LOW", "HIGH"))
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="transformer dtype")
+        sub.add_argument(
+            "--fast",
+            action="store_true",
+            help="fast sampling (REPAPipeline fast=True): float32 state, bf16 autocast on CUDA, no host syncs; "
+            "default: exact (the official samplers)",
+        )
     args = parser.parse_args(argv)
     if args.steps is None:
         args.steps = DEFAULT_STEPS[args.scheduler]
