@@ -231,10 +231,17 @@ def test_low_precision_transformer(repa_tiny_pipeline, repa_tiny_sit):
     assert (out - reference.images).abs().max() < 0.25
 
 
-def test_progress_bar_counts_model_calls(repa_tiny_sit, capsys):
-    pipe = REPAPipeline(repa_tiny_sit, SiTHeunScheduler(), latent_scale=1.0)
-    pipe([3], num_inference_steps=3, output_type="latent")
-    assert "5/5" in capsys.readouterr().err
+@pytest.mark.parametrize("scheduler", [SiTHeunScheduler(), SiTEulerScheduler(), SiTEulerMaruyamaScheduler()])
+def test_progress_bar_counts_inference_steps_not_model_calls(scheduler, repa_tiny_sit, capsys):
+    pipe = REPAPipeline(repa_tiny_sit, scheduler, latent_scale=1.0)
+    recorder = CallRecorder(repa_tiny_sit)
+    try:
+        pipe([3], num_inference_steps=3, output_type="latent")
+    finally:
+        recorder.remove()
+    assert len(recorder.calls) == (5 if isinstance(scheduler, SiTHeunScheduler) else 3)  # Heun: 2N - 1 calls
+    bar = capsys.readouterr().err
+    assert "3/3" in bar and "4/3" not in bar and "5/" not in bar
 
 
 def test_save_load_round_trip(repa_tiny_pipeline, repa_tiny_pipeline_dir, tmp_path):
@@ -251,12 +258,12 @@ def test_save_load_round_trip(repa_tiny_pipeline, repa_tiny_pipeline_dir, tmp_pa
         **{**loaded.components, "scheduler": SiTHeunScheduler.from_config(loaded.scheduler.config)},
         id2label={0: "zero", 1: "one"},
         latent_scale=[0.5, 1.0, 2.0, 4.0],
-        latent_shift=[0.1, 0.0, 0.0, -0.1],
+        shift_factor=[0.1, 0.0, 0.0, -0.1],
     )
     custom.save_pretrained(tmp_path)
     again = REPAPipeline.from_pretrained(tmp_path)
     assert isinstance(again.scheduler, SiTHeunScheduler)
-    assert again.config.latent_scale == [0.5, 1.0, 2.0, 4.0] and again.config.latent_shift == [0.1, 0.0, 0.0, -0.1]
+    assert again.config.latent_scale == [0.5, 1.0, 2.0, 4.0] and again.config.shift_factor == [0.1, 0.0, 0.0, -0.1]
     assert again.get_label_ids(["one", 0]) == [1, 0]
 
 

@@ -4,11 +4,17 @@
 Conventions (REPA's, `sihyun-yu/REPA` `samplers.py`): flow time `t` in [0, 1], `t = 1` pure noise and `t = 0` data;
 `x_t = alpha(t) * x_0 + sigma(t) * noise`; the model predicts the velocity `dx_t/dt`. Unlike diffusers'
 `FlowMatch*` schedulers, `timesteps` here *are* model times in [0, 1] (no x1000), so a loop can feed them to
-[`SiTTransformer2DModel`] as they are.
+[`SiTTransformer2DModel`] as they are. After `set_timesteps`:
+
+* `time_grid`: the integration grid in flow time, `N + 1` times ending at 0 (what the samplers step on);
+* `sigmas`: the noise scale `sigma(t)` of the path at each grid time, as in diffusers (for the linear path
+  `sigma(t) = t`, so it equals `time_grid`; for the cosine path it is `sin(pi t / 2)`);
+* `timesteps`: the time of each model call (Heun repeats the inner times).
 
 The scheduler modules import only torch, diffusers and `flow_paths`, so that they can ship as Hub code (`pipelines/`).
 """
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -16,7 +22,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
-from .flow_paths import check_path_type
+from .flow_paths import check_path_type, path_coefficients
 
 STATE_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -27,8 +33,9 @@ class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
     pipeline asks before each model call (`guidance_time`: which `t` decides classifier-free guidance;
     `noise_needed`: does the next `step` add noise).
 
-    `set_timesteps` sets `sigmas` (the grid, ending at 0, float64); a subclass sets `timesteps` (one model time per
-    model call) in `_build_schedule` and implements `step`.
+    `set_timesteps` sets `time_grid` (the grid in flow time, ending at 0, float64) and `sigmas` (the path's noise
+    scale on that grid); a subclass sets `timesteps` (one model time per model call) in `_build_schedule` and
+    implements `step`.
     """
 
     _compatibles = []
@@ -41,6 +48,7 @@ class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
         if state_dtype not in STATE_DTYPES:
             raise ValueError(f"`state_dtype` must be one of {tuple(STATE_DTYPES)}, got {state_dtype!r}.")
         self.timesteps: torch.Tensor | None = None
+        self.time_grid: torch.Tensor | None = None
         self.sigmas: torch.Tensor | None = None
         self.num_inference_steps: int | None = None
         self._step_index: int | None = None
@@ -97,15 +105,21 @@ class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[float] | None = None,
     ) -> None:
         """
-        Set the time grid (in `state_dtype`, on `device`).
+        Set the time grid (`time_grid`, `sigmas` and `timesteps`, in `state_dtype`, on `device`).
 
         Args:
             num_inference_steps (`int`, *optional*): Number of integration steps (>= 1); the official grid is used.
-            device (`str` or `torch.device`, *optional*): Where `timesteps` and `sigmas` live.
-            sigmas (`Sequence[float]`, *optional*): A custom decreasing grid in (0, 1] of `num_inference_steps`
-                times, without the final 0 (appended here), as diffusers' `retrieve_timesteps` passes it.
+            device (`str` or `torch.device`, *optional*): Where `timesteps`, `time_grid` and `sigmas` live.
+            sigmas (`Sequence[float]`, *optional*): A custom grid given as noise scales `sigma(t)`, strictly
+                decreasing in (0, 1], one per step, without the final 0 (appended here), as diffusers'
+                `retrieve_timesteps` passes it. For the linear path these are the times themselves; for the cosine
+                path each is mapped to `t = 2 / pi * asin(sigma)`.
+            timesteps (`Sequence[float]`, *optional*): A custom grid given as flow times `t` (model times, not
+                x1000), strictly decreasing in (0, 1], one per step, without the final 0. Pass `sigmas` or
+                `timesteps`, not both.
         """
         if num_inference_steps is not None and (
             isinstance(num_inference_steps, bool)
@@ -116,21 +130,28 @@ class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
                 f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r} "
                 f"({type(num_inference_steps).__name__}); pass e.g. `set_timesteps(50)`."
             )
-        if sigmas is None:
+        if sigmas is not None and timesteps is not None:
+            raise ValueError("Pass either `sigmas` (noise scales) or `timesteps` (flow times) to `set_timesteps`.")
+        custom, name = (sigmas, "sigmas") if sigmas is not None else (timesteps, "timesteps")
+        if custom is None:
             if num_inference_steps is None:
-                raise ValueError("Pass `num_inference_steps` (an integer >= 1) or `sigmas` to `set_timesteps`.")
+                raise ValueError(
+                    "Pass `num_inference_steps` (an integer >= 1), `sigmas` or `timesteps` to `set_timesteps`."
+                )
             grid = self._default_grid(int(num_inference_steps))
         else:
-            times = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
-            if num_inference_steps is not None and len(times) != num_inference_steps:
-                raise ValueError(f"Got {len(times)} `sigmas` for {num_inference_steps} steps.")
-            if len(times) < 1 or times.max() > 1 or times.min() <= 0 or (times.diff() >= 0).any():
-                raise ValueError(f"`sigmas` must be a non-empty, strictly decreasing sequence in (0, 1], got {times}.")
+            values = torch.as_tensor(custom, dtype=torch.float64).flatten()
+            if num_inference_steps is not None and len(values) != num_inference_steps:
+                raise ValueError(f"Got {len(values)} `{name}` for {num_inference_steps} steps.")
+            if len(values) < 1 or values.max() > 1 or values.min() <= 0 or (values.diff() >= 0).any():
+                raise ValueError(f"`{name}` must be a non-empty, strictly decreasing sequence in (0, 1], got {values}.")
+            times = _time_from_sigma(self.config.path_type, values) if name == "sigmas" else values
             grid = torch.cat([times, times.new_zeros(1)])
         self.num_inference_steps = len(grid) - 1
-        self.sigmas = grid.to(device=device, dtype=self.state_dtype)
+        self.time_grid = grid.to(device=device, dtype=self.state_dtype)
+        self.sigmas = path_coefficients(self.config.path_type, self.time_grid)[1].clone()
         self._grid = grid.tolist()  # host copy: step arithmetic in Python floats (float64), no device syncs
-        self._build_schedule(self.sigmas)
+        self._build_schedule(self.time_grid)
         self._step_index = None
         self._begin_index = None
 
@@ -154,3 +175,10 @@ class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
         if self._step_index >= len(self.timesteps):
             raise ValueError(f"All {len(self.timesteps)} steps were taken; call `set_timesteps` again.")
         return self._step_index
+
+
+def _time_from_sigma(path_type: str, sigmas: torch.Tensor) -> torch.Tensor:
+    """The flow times at which the path's noise scale `sigma(t)` takes the given values (linear: `t = sigma`)."""
+    if path_type == "linear":
+        return sigmas
+    return (torch.asin(sigmas) * (2 / math.pi)).clamp(0, 1)

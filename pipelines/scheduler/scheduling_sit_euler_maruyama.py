@@ -2,12 +2,14 @@
 """Euler-Maruyama SDE sampler of SiT flows: the official REPA `euler_maruyama_sampler` as a diffusers scheduler."""
 
 import math
+from typing import Any
 
 import torch
 from diffusers.configuration_utils import register_to_config
 
 # diffusers' loader looks up `SchedulerMixin` in the module that model_index.json names, i.e. this one.
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput  # noqa: F401
+from diffusers.utils import deprecate
 from diffusers.utils.torch_utils import randn_tensor
 
 from .flow_paths import path_coefficients
@@ -27,8 +29,9 @@ class SiTEulerMaruyamaScheduler(SiTSchedulerMixin):
     `x <- x + f dt + sqrt(w(t)) sqrt(|dt|) * noise` with `noise ~ N(0, I)`; the last step (`t_last -> 0`) is the
     noise-free drift step `x_0 = x + f dt`.
 
-    Noise comes from `step(..., noise=...)` when given (a pipeline's `noise_sampler`, to replay a run), otherwise it
-    is drawn with `generator` in `state_dtype` (the official code draws `randn_like` of its float64 state).
+    Noise comes from `step(..., variance_noise=...)` when given (diffusers' name; a pipeline's `noise_sampler`, to
+    replay a run), otherwise it is drawn with `generator` in `state_dtype` (the official code draws `randn_like` of
+    its float64 state).
 
     Args:
         path_type (`str`, defaults to `"linear"`): The interpolation path the model was trained on, `"linear"` or
@@ -44,7 +47,7 @@ class SiTEulerMaruyamaScheduler(SiTSchedulerMixin):
 
     >>> scheduler = SiTEulerMaruyamaScheduler()
     >>> scheduler.set_timesteps(250)
-    >>> round(float(scheduler.sigmas[-2]), 2), float(scheduler.sigmas[-1])
+    >>> round(float(scheduler.time_grid[-2]), 2), float(scheduler.time_grid[-1])
     (0.04, 0.0)
     >>> generator = torch.Generator().manual_seed(0)
     >>> x = torch.randn(1, 4, 8, 8, generator=generator)
@@ -77,8 +80,9 @@ class SiTEulerMaruyamaScheduler(SiTSchedulerMixin):
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        noise: torch.Tensor | None = None,
+        variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
+        **kwargs: Any,
     ) -> SchedulerOutput | tuple[torch.Tensor]:
         """
         One Euler-Maruyama step from `timestep` to the next grid time.
@@ -88,14 +92,23 @@ class SiTEulerMaruyamaScheduler(SiTSchedulerMixin):
                 `(sample, timestep)`; guiding the velocity equals the official guiding of the drift.
             timestep (`float` or `torch.Tensor`): The current entry of `timesteps`.
             sample (`torch.Tensor`, same shape): The current state `x_t`.
-            generator (`torch.Generator` or a list of them, *optional*): Draws the noise when `noise` is not given.
-            noise (`torch.Tensor`, same shape as `sample`, *optional*): Standard normal noise for this step; ignored
-                on the last (noise-free) step.
+            generator (`torch.Generator` or a list of them, *optional*): Draws the noise when `variance_noise` is not
+                given (with `randn_tensor`, like diffusers' stochastic schedulers).
+            variance_noise (`torch.Tensor`, same shape as `sample`, *optional*): Standard normal noise for this step,
+                instead of drawing it (diffusers' name, as in `DDIMScheduler.step`); ignored on the last
+                (noise-free) step. The old name `noise=` still works, with a deprecation warning.
             return_dict (`bool`, defaults to `True`): Return a [`SchedulerOutput`] instead of a tuple.
 
         Returns:
             [`SchedulerOutput`] whose `prev_sample` is the state at the next time, in `state_dtype`.
         """
+        if kwargs:  # the old name `noise=`; anything else is a TypeError, as for any unknown argument
+            legacy_noise = deprecate(
+                "noise", "1.0.0", "Pass the step's noise as `variance_noise=` (diffusers' name).", take_from=kwargs
+            )
+            if variance_noise is not None:
+                raise ValueError("Pass the step's noise once, as `variance_noise=` (`noise=` is its old name).")
+            variance_noise = legacy_noise
         index = self._begin_step(timestep)
         noisy = index < self.num_inference_steps - 1
         t = self._grid[index]
@@ -112,13 +125,15 @@ class SiTEulerMaruyamaScheduler(SiTSchedulerMixin):
         drift = velocity - 0.5 * diffusion * score
 
         if noisy:
-            if noise is None:
+            if variance_noise is None:
                 noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-            elif noise.shape != sample.shape:
+            elif variance_noise.shape != sample.shape:
                 raise ValueError(
-                    f"`noise` must have the sample's shape {tuple(sample.shape)}, got {tuple(noise.shape)}."
+                    f"`variance_noise` must have the sample's shape {tuple(sample.shape)}, got "
+                    f"{tuple(variance_noise.shape)}."
                 )
-            noise = noise.to(sample)
+            else:
+                noise = variance_noise.to(sample)
             prev_sample = sample + drift * dt + math.sqrt(diffusion) * (noise * math.sqrt(abs(dt)))
         else:
             prev_sample = sample + dt * drift

@@ -7,6 +7,7 @@ as Hub code for plain-diffusers users (`pipelines/`, `save_pretrained(..., hub_c
 
 import contextlib
 import difflib
+import glob
 import inspect
 import json
 import math
@@ -22,15 +23,32 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models import AutoencoderKL
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.pipelines.pipeline_loading_utils import (
+    filter_model_files,
+    is_safetensors_compatible,
+    variant_compatible_siblings,
+)
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import deprecate
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub import hf_hub_download, model_info, snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 
 # The ImageNet-1k class names in synset order (id -> "name, synonym, ..."), shipped with the package.
 IMAGENET_LABELS_FILE = Path(__file__).with_name("labels") / "imagenet.json"
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# Where training checkpoints (`checkpoint-N/`: optimizer, EMA, RNG states) go in a model repo on the Hub:
+# `checkpoints/checkpoint-N/`. `REPAPipeline.download` fetches only what `model_index.json` names, so neither these
+# nor root-level `checkpoint-N/` folders of older repos are ever downloaded with the pipeline.
+HUB_CHECKPOINTS_FOLDER = "checkpoints"
+# Weight index files: `diffusion_pytorch_model.safetensors.index.json`, `....index.fp16.json`, `....fp16.index.json`.
+_WEIGHT_INDEX = re.compile(r"\.(safetensors|bin)(\.[^./]+)?\.index(\.[^./]+)?\.json$")
 # `noise_sampler(step_index, sample) -> noise`, as k-diffusion's noise samplers.
 NoiseSampler = Callable[[int, torch.Tensor], torch.Tensor]
 
@@ -48,21 +66,48 @@ class REPAPipeline(DiffusionPipeline):
     The scheduler integrates from `t = 1` (noise) to `t = 0`; each model call gets classifier-free guidance
     (`uncond + s * (cond - uncond)` on all channels, cond and uncond batched together) only when
     `guidance_scale > 1` and `low <= t <= high` for the scheduler's `guidance_time` (the Heun corrector reuses its
-    step's decision). The final latents are mapped back with `(latents - latent_shift) / latent_scale` and decoded by
-    the VAE, or, without a VAE, taken as pixels in [-1, 1]. A call runs the transformer and the VAE in eval mode
-    whatever mode they are in (so no class label is dropped), and gives every submodule its mode back afterwards.
+    step's decision). The final latents are mapped back with `latents / latent_scale + shift_factor` (diffusers'
+    `vae.config.scaling_factor` / `shift_factor` convention) and decoded by the VAE, or, without a VAE, taken as
+    pixels in [-1, 1]. A call runs the transformer and the VAE in eval mode whatever mode they are in (so no class
+    label is dropped), and gives every submodule its mode back afterwards: a model fresh from `from_preset`, or a
+    training EMA copy, samples as it is.
 
     Args:
-        transformer ([`SiTTransformer2DModel`]): Predicts the velocity; its `num_classes` is the null label.
+        transformer ([`SiTTransformer2DModel`]): Predicts the velocity; its `num_classes` is the null label. A
+            `DistributedDataParallel`/`DataParallel` wrapper (e.g. from `accelerator.prepare`) is unwrapped.
         scheduler ([`SiTEulerMaruyamaScheduler`], [`SiTEulerScheduler`] or [`SiTHeunScheduler`]):
             The sampler; the SDE scheduler with 250 steps is the paper's FID setting.
-        vae ([`AutoencoderKL`], *optional*): Decodes latents (REPA: `stabilityai/sd-vae-ft-ema`). `None` means the
-            transformer works in pixel space (use `latent_scale=1.0`), or that only `output_type="latent"` is used.
+        vae ([`AutoencoderKL`], *optional*): Decodes latents (REPA: `stabilityai/sd-vae-ft-ema`). Without one, a
+            3-channel transformer is a pixel-space model (its samples are the images) and any other model can only
+            return `output_type="latent"`.
         id2label (`dict[str, str]`, *optional*): Class names, `"name, synonym, ..."` per id (keys may also be
             ints). Defaults to the ImageNet-1k names shipped with the package when the transformer has 1000 classes.
-        latent_scale (`float` or a list of per-channel floats, defaults to 0.18215): The model works on
-            `z * latent_scale + latent_shift` for VAE latents `z` (REPA: 0.18215, as SD-VAE's `scaling_factor`).
-        latent_shift (`float` or a list of per-channel floats, defaults to 0.0): See `latent_scale` (REPA: 0).
+        latent_scale (`float` or a list of per-channel floats, *optional*): diffusers' `scaling_factor`: the model
+            works on `(z - shift_factor) * latent_scale` for VAE latents `z`. Defaults to the VAE's
+            `config.scaling_factor` (0.18215 for SD-VAE, REPA's value) when a VAE is given, else to 1 (pixels).
+        shift_factor (`float` or a list of per-channel floats, *optional*): diffusers' `shift_factor` (see
+            `latent_scale`). Defaults to the VAE's `config.shift_factor` (none for SD-VAE: 0) when a VAE is given,
+            else to 0.
+        latent_shift (`float` or a list of per-channel floats, *optional*): Deprecated, the old name for an
+            encode-side shift, `z * latent_scale + latent_shift`: converted to `shift_factor = -latent_shift /
+            latent_scale` (a FutureWarning when non-zero). Saved pipelines that hold it still load.
+
+    Attributes:
+        labels (`dict[str, int]`): Every class name and synonym of `id2label` -> its id (as `DiTPipeline.labels`);
+            names shared by several classes are left out (pass the id). Names are matched case-insensitively by
+            [`~REPAPipeline.get_label_ids`] and in `__call__`.
+
+    Example (sampling from a model in memory, e.g. a training EMA copy; no eval() needed):
+
+    ```py
+    >>> import torch
+    >>> from diffusers_repa import REPAPipeline, SiTEulerScheduler, SiTTransformer2DModel
+
+    >>> transformer = SiTTransformer2DModel.from_preset("SiT-S/2", sample_size=8, in_channels=3, num_classes=10)
+    >>> pipe = REPAPipeline(transformer=transformer, scheduler=SiTEulerScheduler())  # pixel space: no VAE
+    >>> pipe([3, 7], num_inference_steps=10, generator=torch.manual_seed(0), output_type="np").images.shape
+    (2, 8, 8, 3)
+    ```
     """
 
     model_cpu_offload_seq = "transformer->vae"
@@ -75,10 +120,18 @@ class REPAPipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
         vae: AutoencoderKL | None = None,
         id2label: dict[str, str] | None = None,
-        latent_scale: float | list[float] = 0.18215,
-        latent_shift: float | list[float] = 0.0,
+        latent_scale: float | list[float] | None = None,
+        shift_factor: float | list[float] | None = None,
+        latent_shift: float | list[float] | None = None,
     ):
         super().__init__()
+        if isinstance(transformer, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            transformer = transformer.module
+        if not isinstance(transformer, torch.nn.Module) or not hasattr(transformer, "config"):
+            raise ValueError(
+                f"`transformer` must be a SiTTransformer2DModel, got {type(transformer).__name__}. For a diffusers "
+                "`EMAModel`, copy its weights into a model first: `ema.copy_to(model.parameters())`."
+            )
         if not hasattr(type(scheduler), "guidance_time"):
             raise ValueError(
                 f"{type(scheduler).__name__} is not a SiT scheduler: use SiTEulerMaruyamaScheduler, SiTEulerScheduler "
@@ -89,18 +142,41 @@ class REPAPipeline(DiffusionPipeline):
         if id2label is None and num_classes == 1000 and IMAGENET_LABELS_FILE.is_file():
             id2label = load_imagenet_id2label()
         id2label = {str(int(key)): str(value) for key, value in (id2label or {}).items()}
-        for scale_or_shift in (latent_scale, latent_shift):
-            channels = len(scale_or_shift) if isinstance(scale_or_shift, (list, tuple)) else None
+        vae_config = getattr(vae, "config", None)
+        if latent_scale is None and vae_config is not None:
+            latent_scale = getattr(vae_config, "scaling_factor", None)
+        if latent_shift is not None:
+            if shift_factor is not None:
+                raise ValueError(
+                    "Pass `shift_factor` (diffusers' convention, decoded as `x / latent_scale + shift_factor`) or the "
+                    "deprecated `latent_shift`, not both."
+                )
+            if any(value != 0 for value in _as_list(latent_shift)):
+                deprecate(
+                    "latent_shift",
+                    "1.0.0",
+                    "Pass `shift_factor=-latent_shift / latent_scale` instead: diffusers' convention, latents decoded "
+                    "as `x / latent_scale + shift_factor` (the value given is converted; re-save a loaded pipeline "
+                    "with `save_pretrained` to store `shift_factor`).",
+                )
+            shift_factor = shift_factor_from_latent_shift(latent_shift, 1.0 if latent_scale is None else latent_scale)
+        if shift_factor is None and vae_config is not None:
+            shift_factor = getattr(vae_config, "shift_factor", None) or 0.0
+        for name, value in (("latent_scale", latent_scale), ("shift_factor", shift_factor)):
+            channels = len(value) if isinstance(value, (list, tuple)) else None
             if channels is not None and channels != transformer.config.in_channels:
                 raise ValueError(
-                    f"Per-channel `latent_scale`/`latent_shift` need {transformer.config.in_channels} values, got "
-                    f"{channels}."
+                    f"Per-channel `{name}` needs {transformer.config.in_channels} values (one per latent channel), "
+                    f"got {channels}."
                 )
-        if not all(value != 0 for value in _as_list(latent_scale)):
+            if value is not None and not all(math.isfinite(v) for v in _as_list(value)):
+                raise ValueError(f"`{name}` must be finite, got {value}.")
+        if latent_scale is not None and not all(value != 0 for value in _as_list(latent_scale)):
             raise ValueError(f"`latent_scale` must be non-zero, got {latent_scale}.")
-        self.register_to_config(id2label=id2label, latent_scale=latent_scale, latent_shift=latent_shift)
+        self.register_to_config(id2label=id2label, latent_scale=latent_scale, shift_factor=shift_factor)
         self.image_processor = VaeImageProcessor(do_resize=False)
         self._label_index = _build_label_index(id2label)
+        self.labels = _public_labels(id2label, self._label_index)
 
     @property
     def guidance_scale(self) -> float:
@@ -117,6 +193,16 @@ class REPAPipeline(DiffusionPipeline):
     @property
     def interrupt(self) -> bool:
         return self._interrupt
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether the current call guides (`guidance_scale > 1`); within it, only for `t` in `guidance_interval`."""
+        return self._guidance_scale > 1
+
+    @property
+    def attention_kwargs(self) -> dict[str, Any] | None:
+        """The `attention_kwargs` of the current call (e.g. `{"scale": 0.5}` for the LoRA scale)."""
+        return self._attention_kwargs
 
     def get_label_ids(self, class_labels: int | str | Sequence[int | str] | torch.Tensor) -> list[int]:
         """
@@ -265,9 +351,10 @@ class REPAPipeline(DiffusionPipeline):
         | PipelineCallback
         | MultiPipelineCallbacks
         | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 - diffusers' signature
         fast: bool = False,
         fast_dtype: torch.dtype | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Generate one image per class label.
@@ -283,13 +370,15 @@ class REPAPipeline(DiffusionPipeline):
             guidance_interval (`tuple[float, float]`, defaults to `(0.0, 0.7)`): Guidance is applied when
                 `low <= t <= high`, in flow time (`t = 1` noise); `(0, 1)` guides every step.
             generator (`torch.Generator` or a list, one per image, *optional*): Makes the initial noise and the SDE
-                noise deterministic (a CPU generator gives the same images on CPU and CUDA).
+                noise deterministic (a CPU generator gives the same images on CPU and CUDA). The SDE scheduler draws
+                its noise with it, in `scheduler.step(..., generator=generator)`.
             latents (`torch.Tensor` of shape `(batch, channels, sample_size, sample_size)`, *optional*): Initial noise
                 at `t = 1`; drawn in float32 with `generator` when omitted.
             noise_sampler (`Callable[[int, torch.Tensor], torch.Tensor]`, *optional*): For stochastic schedulers,
                 `noise_sampler(step_index, sample)` returns the standard normal noise of that step (shape of
                 `sample`), instead of drawing it with `generator`; it is called before the step's model call, like
-                the official sampler's `randn_like`. Use it to replay a run exactly.
+                the official sampler's `randn_like`, and passed to the scheduler as `variance_noise`. Use it to
+                replay a run exactly.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (float in [0, 1], NHWC), `"pt"` (float in
                 [0, 1], NCHW) or `"latent"` (the final state, in the scheduler's `state_dtype`; float32 with `fast=True`).
             return_dict (`bool`, defaults to `True`): Return an [`ImagePipelineOutput`] instead of a tuple.
@@ -298,6 +387,8 @@ class REPAPipeline(DiffusionPipeline):
                 (usually `callback_kwargs`); returned tensors (e.g. `latents`) replace the pipeline's.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): Tensors passed in
                 `callback_kwargs`.
+            attention_kwargs (`dict`, *optional*): Passed to the transformer at every call, as in diffusers'
+                pipelines: `{"scale": s}` scales a loaded LoRA adapter for this call.
             fast (`bool`, defaults to `False`): The fast/exact switch. `False` (exact) reproduces the official
                 samplers (state in the scheduler's `state_dtype`, float64 by default; the model in its own dtype).
                 `True` integrates in float32 and runs the model under autocast in `fast_dtype` (bfloat16 on CUDA by
@@ -345,6 +436,7 @@ class REPAPipeline(DiffusionPipeline):
         self._guidance_scale = guidance_scale
         self._guidance_interval = (float(guidance_interval[0]), float(guidance_interval[1]))
         self._interrupt = False
+        self._attention_kwargs = attention_kwargs
         device = self._execution_device
         # Fast mode integrates with a float32 copy of the scheduler; noise is still drawn in the configured dtype.
         scheduler = _float32_scheduler(self.scheduler) if fast else self.scheduler
@@ -363,13 +455,18 @@ class REPAPipeline(DiffusionPipeline):
         timesteps = scheduler.timesteps
         self._num_timesteps = len(timesteps)
 
+        # The SDE scheduler draws its noise from `generator` in `step`; a `noise_sampler` (or fast mode's
+        # asynchronous draw) hands it over as `variance_noise` instead.
+        step_takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+
         # Eval mode whatever the caller's (a model built in train mode would drop class labels at random).
-        with self._eval_mode(), self.progress_bar(total=len(timesteps)) as progress_bar:
+        # The bar counts integration steps (a Heun step is two model calls), as diffusers' pipelines do.
+        with self._eval_mode(), self.progress_bar(total=scheduler.num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
                 noise = None
-                if scheduler.noise_needed:
+                if scheduler.noise_needed and (noise_sampler is not None or fast):
                     noise = self._step_noise(i, latents, noise_sampler, generator, noise_dtype)
                 low, high = self._guidance_interval
                 guided = self._guidance_scale > 1 and low <= scheduler.guidance_time <= high
@@ -379,13 +476,20 @@ class REPAPipeline(DiffusionPipeline):
                 model_time = t.to(torch.float32).expand(model_input.shape[0])
                 with _model_autocast(device, autocast_dtype):
                     velocity = self.transformer(
-                        model_input.to(model_dtype), model_time, model_labels, return_dict=False
+                        model_input.to(model_dtype),
+                        model_time,
+                        model_labels,
+                        return_dict=False,
+                        attention_kwargs=self.attention_kwargs,
                     )[0]
                 velocity = velocity.to(state_dtype)
                 if guided:
                     cond, uncond = velocity.chunk(2)
                     velocity = uncond + self._guidance_scale * (cond - uncond)
-                step_kwargs = {} if noise is None else {"noise": noise}
+                if noise is not None:
+                    step_kwargs = {"variance_noise": noise}
+                else:
+                    step_kwargs = {"generator": generator} if step_takes_generator else {}
                 latents = scheduler.step(velocity, t, latents, return_dict=False, **step_kwargs)[0]
 
                 if callback_on_step_end is not None:
@@ -398,7 +502,8 @@ class REPAPipeline(DiffusionPipeline):
                             f"or not), but returned {type(callback_outputs).__name__} at step {i}."
                         )
                     latents = callback_outputs.pop("latents", latents)
-                progress_bar.update()
+                if i == len(timesteps) - 1 or (i + 1) % scheduler.order == 0:
+                    progress_bar.update()
 
         if output_type == "latent":
             image = latents
@@ -427,34 +532,81 @@ class REPAPipeline(DiffusionPipeline):
                 module.training = training
 
     def _unscale_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """`(latents - latent_shift) / latent_scale`, per channel when the config holds lists."""
+        """
+        `latents / latent_scale + shift_factor` (diffusers' decoding convention), per channel when the config holds
+        lists; an unset scale or shift is the VAE's `scaling_factor` / `shift_factor` (without a VAE: 1 and 0).
+        """
+        vae_config = getattr(self.vae, "config", None)
+        scale, shift = self.config.latent_scale, self.config.get("shift_factor")
+        if scale is None:
+            scale = getattr(vae_config, "scaling_factor", None) or 1.0
+        if shift is None:
+            shift = getattr(vae_config, "shift_factor", None) or 0.0
         shape = (1, -1, 1, 1)
-        scale = torch.tensor(_as_list(self.config.latent_scale), dtype=latents.dtype, device=latents.device)
-        shift = torch.tensor(_as_list(self.config.latent_shift), dtype=latents.dtype, device=latents.device)
-        return (latents - shift.view(shape)) / scale.view(shape)
+        scale = torch.tensor(_as_list(scale), dtype=latents.dtype, device=latents.device)
+        shift = torch.tensor(_as_list(shift), dtype=latents.dtype, device=latents.device)
+        return latents / scale.view(shape) + shift.view(shape)
 
     @classmethod
     def download(cls, pretrained_model_name: str, **kwargs: Any) -> str:
         """
-        Download a pipeline repo with `huggingface_hub.snapshot_download` and return its local folder.
+        Download what the pipeline needs from a Hub repo and return the local snapshot folder.
+
+        Only `model_index.json` and the files of the components it names are fetched: their configs and the weights
+        that `variant` and `use_safetensors` select (as diffusers' own `download` does), plus the Hub code files
+        (`pipeline_repa.py`, `<component>/*.py`) with `trust_remote_code=True`. Anything else in the repo, such as
+        training checkpoints (`checkpoints/checkpoint-N/`, see `HUB_CHECKPOINTS_FOLDER`, or `checkpoint-N/` at the
+        root), logs or sample images, is never downloaded; components passed to `from_pretrained` are skipped.
 
         diffusers' own `download` refuses repos whose `model_index.json` names libraries other than diffusers and
         transformers, which every `save_pretrained` folder of this pipeline does; `from_pretrained(repo_id)` calls
-        this instead. Honours `revision`, `cache_dir`, `token`, `local_files_only`, `force_download` and the
-        `HF_HUB_OFFLINE` / `HF_HUB_CACHE` environment variables.
+        this instead. Honours `revision`, `cache_dir`, `token`, `local_files_only`, `force_download`, `variant`,
+        `use_safetensors`, `trust_remote_code` and the `HF_HUB_OFFLINE` / `HF_HUB_CACHE` environment variables;
+        offline, it uses the cached snapshot.
 
         Raises:
-            `ValueError`: when `pretrained_model_name` is neither an existing folder nor a repo that can be found.
+            `ValueError`: when `pretrained_model_name` is neither an existing folder nor a repo that can be found, or
+            is not a pipeline repo, or lacks the weights `variant` / `use_safetensors=True` ask for.
         """
         missing = f"There is no folder {str(pretrained_model_name)!r}"
+        hub_kwargs = {key: kwargs.get(key) for key in ("revision", "cache_dir", "token")}
+        local_files_only = bool(kwargs.get("local_files_only", False))
+        force_download = bool(kwargs.get("force_download", False))
         try:
+            index_file = hf_hub_download(
+                pretrained_model_name,
+                cls.config_name,
+                local_files_only=local_files_only,
+                force_download=force_download,
+                **hub_kwargs,
+            )
+            filenames = None
+            if not local_files_only:
+                try:
+                    info = model_info(pretrained_model_name, revision=hub_kwargs["revision"], token=hub_kwargs["token"])
+                    filenames = [sibling.rfilename for sibling in info.siblings]
+                except (OSError, ValueError):  # offline (HF_HUB_OFFLINE) or unreachable: use the cached snapshot
+                    local_files_only = True
+            if filenames is None:
+                snapshot = Path(index_file).parent
+                filenames = [path.relative_to(snapshot).as_posix() for path in snapshot.rglob("*") if path.is_file()]
+            with open(index_file, encoding="utf-8") as file:
+                model_index = json.load(file)
+            expected_components, _ = cls._get_signature_keys(cls)
+            files = select_pipeline_files(
+                model_index,
+                filenames,
+                variant=kwargs.get("variant"),
+                use_safetensors=kwargs.get("use_safetensors"),
+                skip_components=[name for name in expected_components if name in kwargs],
+                include_code=bool(kwargs.get("trust_remote_code", False)),
+            )
             return snapshot_download(
                 pretrained_model_name,
-                revision=kwargs.get("revision"),
-                cache_dir=kwargs.get("cache_dir"),
-                token=kwargs.get("token"),
-                local_files_only=bool(kwargs.get("local_files_only", False)),
-                force_download=bool(kwargs.get("force_download", False)),
+                allow_patterns=[glob.escape(name) for name in files],
+                local_files_only=local_files_only,
+                force_download=force_download,
+                **hub_kwargs,
             )
         except HFValidationError:
             raise ValueError(
@@ -462,14 +614,26 @@ class REPAPipeline(DiffusionPipeline):
                 "`REPAPipeline.save_pretrained` (check the path) or a Hub repo id."
             ) from None
         except LocalEntryNotFoundError:
+            if not _in_hub_cache(pretrained_model_name, hub_kwargs):
+                raise ValueError(
+                    f"{missing}, and the Hub repo {pretrained_model_name!r} is not in the local Hub cache while the "
+                    "Hub is offline (HF_HUB_OFFLINE) or unreachable: check the path, or download the repo first."
+                ) from None
             raise ValueError(
-                f"{missing}, and the Hub repo {pretrained_model_name!r} is not in the local Hub cache while the Hub "
-                "is offline (HF_HUB_OFFLINE) or unreachable: check the path, or download the repo first."
+                f"The cached Hub repo {pretrained_model_name!r} has no {cls.config_name}, so it is not a pipeline "
+                "repo: pass a repo or folder written by `REPAPipeline.save_pretrained` (a bare transformer loads "
+                "with `SiTTransformer2DModel.from_pretrained`)."
             ) from None
         except RepositoryNotFoundError:
             raise ValueError(
                 f"{missing}, and there is no Hub repo {pretrained_model_name!r} (or it is private or gated: log in "
                 "with `hf auth login`): check the path or the repo id."
+            ) from None
+        except EntryNotFoundError:
+            raise ValueError(
+                f"The Hub repo {pretrained_model_name!r} has no {cls.config_name}, so it is not a pipeline repo: pass "
+                "a repo or folder written by `REPAPipeline.save_pretrained` (a bare transformer loads with "
+                "`SiTTransformer2DModel.from_pretrained`)."
             ) from None
 
     def save_pretrained(self, save_directory: str | os.PathLike, hub_code: bool = False, **kwargs: Any) -> None:
@@ -611,6 +775,150 @@ def _draw_noise_async(
         return randn_tensor(shape, generator=generator, device=device, dtype=draw_dtype).to(dtype)
     noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=draw_dtype).to(dtype)
     return noise.pin_memory().to(device, non_blocking=True)
+
+
+def _in_hub_cache(repo_id: str, hub_kwargs: dict[str, Any]) -> bool:
+    """Whether the local Hub cache holds a snapshot of `repo_id` (at the revision asked for)."""
+    try:
+        snapshot_download(repo_id, local_files_only=True, **hub_kwargs)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def select_pipeline_files(
+    model_index: dict[str, Any],
+    filenames: Sequence[str],
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+    skip_components: Sequence[str] = (),
+    include_code: bool = False,
+) -> list[str]:
+    """
+    The files of a pipeline repo that loading it needs: `model_index.json`, and for each component it names (except
+    `skip_components`), the files directly in its folder: configs, and the weights that `variant` and
+    `use_safetensors` select (with diffusers' own rules: safetensors when every component has them, else the
+    `.bin` files; variant files where a component has them, else its plain ones). Python files only with
+    `include_code` (the Hub code of `save_pretrained(..., hub_code=True)`).
+
+    Args:
+        model_index (`dict`): The repo's `model_index.json`.
+        filenames (`Sequence[str]`): Every file of the repo, as paths relative to its root (`"transformer/config.json"`).
+        variant (`str`, *optional*): e.g. `"fp16"` for `diffusion_pytorch_model.fp16.safetensors`.
+        use_safetensors (`bool`, *optional*): `True` requires safetensors weights, `False` takes the `.bin` ones,
+            `None` prefers safetensors.
+        skip_components (`Sequence[str]`): Components the caller passes in, whose files are not needed.
+        include_code (`bool`, defaults to `False`): Also take the pipeline's and the components' `.py` files.
+
+    Returns:
+        `list[str]`: The selected paths, sorted. Training checkpoints, logs and anything else outside the component
+        folders are never among them.
+
+    Raises:
+        `ValueError`: when `variant` or `use_safetensors=True` asks for weights the repo does not have.
+
+    Example:
+
+    ```py
+    >>> from diffusers_repa.pipeline_repa import select_pipeline_files
+
+    >>> index = {"_class_name": "REPAPipeline", "transformer": ["m", "SiT"], "vae": [None, None]}
+    >>> select_pipeline_files(index, ["model_index.json", "transformer/config.json",
+    ...     "transformer/diffusion_pytorch_model.safetensors", "checkpoints/checkpoint-100/optimizer.bin"])
+    ['model_index.json', 'transformer/config.json', 'transformer/diffusion_pytorch_model.safetensors']
+    ```
+    """
+    components = [
+        name
+        for name, entry in model_index.items()
+        if not name.startswith("_")
+        and isinstance(entry, (list, tuple))
+        and len(entry) == 2
+        and None not in entry
+        and name not in skip_components
+    ]
+    selected, weights = {DiffusionPipeline.config_name}, set()
+    for name in filenames:
+        folder, _, base = name.rpartition("/")
+        if folder not in components or "/" in folder:
+            continue
+        if base.endswith(".py"):
+            if include_code:
+                selected.add(name)
+        elif filter_model_files([base]) or _WEIGHT_INDEX.search(base):
+            weights.add(name)
+        else:
+            selected.add(name)
+    class_name = model_index.get("_class_name")
+    if include_code and isinstance(class_name, (list, tuple)) and f"{class_name[0]}.py" in filenames:
+        selected.add(f"{class_name[0]}.py")
+    if weights:
+        folders = {name.split("/")[0] for name in weights}
+        if use_safetensors is not False and is_safetensors_compatible(weights, folder_names=folders, variant=variant):
+            ignore = ["*.bin", "*.msgpack", "*.onnx", "*.pb"]
+        elif use_safetensors:
+            variant_text = f" of variant {variant!r}" if variant else ""
+            raise ValueError(
+                f"`use_safetensors=True`, but not every component has `.safetensors` weights{variant_text} among "
+                f"{sorted(weights)}: pass `use_safetensors=None` to accept `.bin` weights."
+            )
+        else:
+            ignore = ["*.safetensors", "*.msgpack", "*.onnx", "*.pb"]
+        usable, _ = variant_compatible_siblings(weights, variant=variant, ignore_patterns=ignore)
+        selected.update(usable)
+    return sorted(selected)
+
+
+def shift_factor_from_latent_shift(
+    latent_shift: float | Sequence[float], latent_scale: float | Sequence[float]
+) -> float | list[float]:
+    """
+    diffusers' `shift_factor` equal to an encode-side shift: `z * latent_scale + latent_shift` is
+    `(z - shift_factor) * latent_scale` for `shift_factor = -latent_shift / latent_scale` (per channel for lists).
+
+    Example:
+
+    ```py
+    >>> from diffusers_repa.pipeline_repa import shift_factor_from_latent_shift
+
+    >>> shift_factor_from_latent_shift(0.25, 0.5)
+    -0.5
+    ```
+    """
+    return _per_channel(lambda shift, scale: -shift / scale if shift else 0.0, latent_shift, latent_scale)
+
+
+def latent_shift_from_shift_factor(
+    shift_factor: float | Sequence[float], latent_scale: float | Sequence[float]
+) -> float | list[float]:
+    """The inverse of [`shift_factor_from_latent_shift`]: `latent_shift = -shift_factor * latent_scale`."""
+    return _per_channel(lambda shift, scale: -shift * scale if shift else 0.0, shift_factor, latent_scale)
+
+
+def _per_channel(
+    function: Callable[[float, float], float], first: float | Sequence[float], second: float | Sequence[float]
+) -> float | list[float]:
+    """`function` of two scalars or per-channel lists (a scalar is broadcast); a list when either is a list."""
+    if not isinstance(first, (list, tuple)) and not isinstance(second, (list, tuple)):
+        return function(float(first), float(second))
+    firsts, seconds = _as_list(first), _as_list(second)
+    count = max(len(firsts), len(seconds))
+    firsts, seconds = (values * count if len(values) == 1 else values for values in (firsts, seconds))
+    if len(firsts) != len(seconds):
+        raise ValueError(f"Per-channel values of different lengths: {first} and {second}.")
+    return [function(a, b) for a, b in zip(firsts, seconds, strict=True)]
+
+
+def _public_labels(id2label: dict[str, str], label_index: dict[str, list[int]]) -> dict[str, int]:
+    """`DiTPipeline.labels`: each class name and synonym as written -> its id, leaving out ambiguous names."""
+    labels = {}
+    for value in id2label.values():
+        for name in value.split(","):
+            name = " ".join(name.split())
+            ids = label_index.get(name.lower())
+            if name and ids is not None and len(ids) == 1:
+                labels[name] = ids[0]
+    return dict(sorted(labels.items()))
 
 
 def _as_list(value: float | Sequence[float]) -> list[float]:
