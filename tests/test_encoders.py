@@ -126,7 +126,9 @@ def test_dinov2_preprocessing_and_position_resampling_match_official(tmp_path):
 
     encoder = AlignmentEncoder.from_pretrained(str(tmp_path), resolution=256)
     pixel_values = encoder.preprocess(misc["dinov2_preprocess.raw_uint8"]).double()
-    torch.testing.assert_close(pixel_values[:, :, ::7, ::7].float(), misc["dinov2_preprocess.out_sub7"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        pixel_values[:, :, ::7, ::7].float(), misc["dinov2_preprocess.out_sub7"], atol=1e-6, rtol=0
+    )
     torch.testing.assert_close(pixel_values[:, :, 100].float(), misc["dinov2_preprocess.out_row100"], atol=1e-6, rtol=0)
     sums, sumsq = pixel_values.sum(dim=(0, 2, 3)), pixel_values.square().sum(dim=(0, 2, 3))
     torch.testing.assert_close(sums, misc["dinov2_preprocess.out_sum_per_channel"], atol=1e-3, rtol=0)
@@ -260,9 +262,11 @@ def test_timm_wrapper(architecture, prefix, tmp_path):
     assert features.shape == (2, 16, timm_model.num_features)
 
     # Reference: timm itself, created for the encoder's input size, with the saved weights (pos-embed resampled).
-    reference = timm.create_model(architecture, pretrained=False, num_classes=0, img_size=encoder.input_size) if (
-        architecture == "test_vit"
-    ) else timm.create_model(architecture, pretrained=False, num_classes=0)
+    reference = (
+        timm.create_model(architecture, pretrained=False, num_classes=0, img_size=encoder.input_size)
+        if (architecture == "test_vit")
+        else timm.create_model(architecture, pretrained=False, num_classes=0)
+    )
     state = transformers.TimmWrapperModel.from_pretrained(tmp_path).timm_model.state_dict()
     if "pos_embed" in state:
         state["pos_embed"] = resample_position_embeddings(state["pos_embed"], 4, prefix)
@@ -271,3 +275,75 @@ def test_timm_wrapper(architecture, prefix, tmp_path):
         hidden = reference.eval().forward_features(encoder.preprocess(images))
     expected = hidden.flatten(2).transpose(1, 2) if hidden.ndim == 4 else hidden[:, prefix:]
     torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
+
+    in_memory = transformers.TimmWrapperModel.from_pretrained(tmp_path)  # a timm model already in memory
+    torch.testing.assert_close(AlignmentEncoder.from_model(in_memory, resolution=RESOLUTION)(images), features)
+
+
+@pytest.mark.parametrize("family", ["dinov2", "dinov2_with_registers", "clip", "siglip", "vit_mae", "vit"])
+def test_from_model_in_memory_equals_from_pretrained_of_the_same_weights(family, model_dirs):
+    """A model already in memory (here loaded by hand, as a user holds it) gives the encoder `from_pretrained` gives:
+    same family, same resampled position table, same features. CLIP and SigLIP come as full models."""
+    class_name = FAMILIES[family][0]
+    in_memory = getattr(transformers, class_name).from_pretrained(model_dirs[family])
+    wrapped = AlignmentEncoder.from_model(in_memory, resolution=RESOLUTION)
+    loaded = AlignmentEncoder.from_pretrained(str(model_dirs[family]), resolution=RESOLUTION)
+    assert type(wrapped.model) is type(loaded.model)
+    assert (wrapped.embed_dim, wrapped.num_tokens, wrapped.input_size, wrapped.num_prefix_tokens) == (
+        loaded.embed_dim,
+        loaded.num_tokens,
+        loaded.input_size,
+        loaded.num_prefix_tokens,
+    )
+    torch.testing.assert_close(wrapped.mean, loaded.mean, atol=0, rtol=0)
+    torch.testing.assert_close(wrapped.std, loaded.std, atol=0, rtol=0)
+    assert not wrapped.training and not any(p.requires_grad for p in wrapped.parameters())
+    images = _images()
+    torch.testing.assert_close(wrapped(images), loaded(images), atol=0, rtol=0)
+
+
+def test_from_model_of_a_tiny_dinov2_built_in_memory(tmp_path):
+    """A random Dinov2 that never touched the disk: family from its config, ImageNet constants, the same encoder as
+    `from_pretrained` of its saved weights; a classification model is reduced to its backbone."""
+    torch.manual_seed(0)
+    model = transformers.Dinov2Model(transformers.Dinov2Config(**TOWER))
+    model.save_pretrained(tmp_path / "saved")
+    classifier = transformers.Dinov2ForImageClassification(transformers.Dinov2Config(**TOWER, num_labels=3))
+    classifier.dinov2.load_state_dict(model.state_dict())
+    encoder = AlignmentEncoder.from_model(model, resolution=RESOLUTION, num_tokens=4)
+    assert encoder.model is model and encoder.name == "Dinov2Model"  # wrapped, not copied
+    assert model.embeddings.position_embeddings.shape == (1, 1 + 16, 16)  # resampled in place, 6x6 -> 4x4
+    torch.testing.assert_close(encoder.mean.flatten(), torch.tensor(IMAGENET[0]))
+    reference = AlignmentEncoder.from_pretrained(str(tmp_path / "saved"), resolution=RESOLUTION, num_tokens=4)
+    images = _images(seed=3)
+    torch.testing.assert_close(encoder(images), reference(images), atol=0, rtol=0)
+    backbone = AlignmentEncoder.from_model(classifier, resolution=RESOLUTION, num_tokens=4)
+    assert backbone.model is classifier.dinov2
+    torch.testing.assert_close(backbone(images), reference(images), atol=0, rtol=0)
+
+    custom = AlignmentEncoder.from_model(
+        transformers.Dinov2Model(transformers.Dinov2Config(**TOWER)),
+        resolution=RESOLUTION,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+    )
+    torch.testing.assert_close(custom.std.flatten(), torch.full((3,), 0.25))
+    with pytest.raises(ValueError, match="'bert' model, which AlignmentEncoder does not support"):
+        AlignmentEncoder.from_model(transformers.BertModel(transformers.BertConfig(**TINY, vocab_size=10)))
+    with pytest.raises(ValueError, match="from_pretrained"):
+        AlignmentEncoder.from_model("facebook/dinov2-base")
+
+
+def test_buffers_follow_the_model_device_and_dtype():
+    """The normalisation buffers are made on the wrapped model's device, and `.to()` moves them with it."""
+    with torch.device("meta"):
+        model = transformers.Dinov2Model(transformers.Dinov2Config(**TOWER))
+    encoder = AlignmentEncoder.from_model(model, resolution=RESOLUTION)
+    assert encoder.mean.device.type == encoder.std.device.type == "meta"
+    torch.manual_seed(0)
+    encoder = AlignmentEncoder.from_model(
+        transformers.Dinov2Model(transformers.Dinov2Config(**TOWER)), resolution=RESOLUTION
+    )
+    moved = encoder.to("meta")
+    assert {buffer.device.type for buffer in moved.buffers()} == {"meta"}
+    assert {parameter.device.type for parameter in moved.parameters()} == {"meta"}

@@ -190,8 +190,10 @@ class AlignmentEncoder(nn.Module):
     A frozen image encoder that turns raw training images into REPA's target features.
 
     It is always in eval mode with gradients off (`train()` keeps it in eval mode), and `forward` runs under
-    `torch.no_grad()`. Build it with [`~AlignmentEncoder.from_pretrained`]; the constructor takes an already loaded
-    and resized transformers model. In training, move it with `.to(accelerator.device)` and keep it out of
+    `torch.no_grad()`. Build it with [`~AlignmentEncoder.from_pretrained`] (a checkpoint name or folder) or
+    [`~AlignmentEncoder.from_model`] (a transformers model already in memory); the constructor takes an already
+    loaded and resized transformers model. Its preprocessing buffers live on the model's device and follow it through
+    `.to()`. In training, move it with `.to(accelerator.device)` and keep it out of
     `accelerator.prepare` (it has nothing to train or synchronise); several encoders are simply a list, whose outputs
     form the loss's `target_features`.
 
@@ -234,6 +236,7 @@ class AlignmentEncoder(nn.Module):
     ):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
+        self.train(False)
         self.name = name
         self.resolution = resolution
         self.input_size = input_size
@@ -244,8 +247,13 @@ class AlignmentEncoder(nn.Module):
         self.num_tokens = grid_size * grid_size if num_tokens is None else num_tokens
         if self.num_tokens != grid_size * grid_size:
             _check_token_resize(grid_size, self.num_tokens)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        device = next(model.parameters()).device
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1), persistent=False
+        )
 
     @classmethod
     def from_pretrained(
@@ -274,8 +282,7 @@ class AlignmentEncoder(nn.Module):
         Returns:
             [`AlignmentEncoder`], frozen, on the CPU.
         """
-        if resolution <= 0 or resolution % PIXELS_PER_TOKEN:
-            raise ValueError(f"`resolution` must be a positive multiple of {PIXELS_PER_TOKEN}, got {resolution}.")
+        _check_resolution(resolution)
         hub_kwargs = {key: value for key, value in hf_kwargs.items() if key in _HUB_KWARGS}
         config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
         model_type = config.model_type
@@ -283,17 +290,7 @@ class AlignmentEncoder(nn.Module):
             if not is_timm_available():
                 raise ImportError(f"{name_or_path} is a timm model: install timm (`pip install timm`) to use it.")
             model = transformers.TimmWrapperModel.from_pretrained(name_or_path, **hf_kwargs)
-            timm_model = model.timm_model
-            stride = int(timm_model.feature_info[-1]["reduction"])
-            # The checkpoint's own pretrained_cfg (config.json), else timm's default for the architecture.
-            pretrained_cfg = getattr(model.config, "pretrained_cfg", None) or timm_model.pretrained_cfg or {}
-            mean = pretrained_cfg.get("mean", IMAGENET_DEFAULT_MEAN)
-            std = pretrained_cfg.get("std", IMAGENET_DEFAULT_STD)
-            settings = {
-                "embed_dim": int(timm_model.num_features),
-                "num_prefix_tokens": int(getattr(timm_model, "num_prefix_tokens", 0)),
-                "normalize_before_resize": False,
-            }
+            mean = std = None  # the checkpoint's pretrained_cfg
         elif model_type in _FAMILIES:
             family = _FAMILIES[model_type]
             # ViT-MAE masks 75% of the tokens by default; REPA uses the unmasked encoder.
@@ -301,19 +298,114 @@ class AlignmentEncoder(nn.Module):
             model = getattr(transformers, family.model_class).from_pretrained(
                 name_or_path, **config_overrides, **hf_kwargs
             )
-            stride = _square(model.config.patch_size, "patch_size")
             mean, std = _preprocessor_mean_std(name_or_path, hub_kwargs, family)
+        else:
+            raise ValueError(_unsupported_message(str(name_or_path), model_type))
+        return cls._wrap(model, str(name_or_path), resolution, num_tokens, input_size, mean, std)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: PreTrainedModel,
+        resolution: int = 256,
+        num_tokens: int | None = None,
+        input_size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        name: str | None = None,
+    ) -> "AlignmentEncoder":
+        r"""
+        Wrap a transformers model that is already in memory (on any device): the family is read from
+        `model.config.model_type`, exactly as [`~AlignmentEncoder.from_pretrained`] reads it from the checkpoint,
+        and the result is the same encoder as `from_pretrained` of the same weights.
+
+        The model is wrapped, not copied: it is frozen (eval mode, no gradients) and its position table is
+        resampled to the token grid in place (ViT-MAE: masking turned off). Pass `copy.deepcopy(model)` to keep the
+        original as it was. A full CLIP or SigLIP model is reduced to its vision tower, a task model such as
+        `Dinov2ForImageClassification` to its backbone.
+
+        Args:
+            model (`PreTrainedModel`): e.g. a `Dinov2Model`, `CLIPVisionModel`, `TimmWrapperModel`, ...
+            resolution, num_tokens, input_size: As in [`~AlignmentEncoder.from_pretrained`].
+            mean, std (`Sequence[float]`, *optional*): The normalisation. Defaults to the `preprocessor_config.json`
+                of `model.name_or_path` when that is a folder or cached checkpoint holding one, else the family's
+                constants (timm: the model's `pretrained_cfg`).
+            name (`str`, *optional*): Shown in messages; defaults to `model.name_or_path` or the class name.
+
+        Returns:
+            [`AlignmentEncoder`], frozen, on the model's device.
+
+        Example:
+
+        ```py
+        >>> import transformers
+        >>> from diffusers_repa.alignment import AlignmentEncoder
+
+        >>> dinov2 = transformers.Dinov2Model(transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1,
+        ...     num_attention_heads=2, intermediate_size=64, image_size=64, patch_size=4))
+        >>> encoder = AlignmentEncoder.from_model(dinov2, resolution=64)
+        >>> encoder.embed_dim, encoder.num_tokens, encoder.input_size
+        (32, 16, 16)
+        ```
+        """
+        if not isinstance(model, PreTrainedModel):
+            raise ValueError(
+                f"`AlignmentEncoder.from_model` takes a transformers `PreTrainedModel`, got {type(model).__name__}; "
+                "for a checkpoint name or folder use `AlignmentEncoder.from_pretrained`."
+            )
+        _check_resolution(resolution)
+        model_type = model.config.model_type
+        name = name or getattr(model, "name_or_path", "") or type(model).__name__
+        if model_type in _FAMILIES:
+            family = _FAMILIES[model_type]
+            model = _encoder_model(model, family)
+            if model_type == "vit_mae":
+                model.config.mask_ratio = 0.0  # REPA uses the unmasked encoder; read at every forward
+            if mean is None or std is None:
+                source = getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")
+                try:  # the model's checkpoint folder or cached Hub files, when it came from one
+                    found = _preprocessor_mean_std(source, {}, family) if source else (family.mean, family.std)
+                except (OSError, ValueError):
+                    found = family.mean, family.std
+                mean, std = mean or found[0], std or found[1]
+        elif model_type != "timm_wrapper":
+            raise ValueError(_unsupported_message(name, model_type))
+        return cls._wrap(model, name, resolution, num_tokens, input_size, mean, std)
+
+    @classmethod
+    def _wrap(
+        cls,
+        model: PreTrainedModel,
+        name: str,
+        resolution: int,
+        num_tokens: int | None,
+        input_size: int | None,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+    ) -> "AlignmentEncoder":
+        """Resize the model's position table for `resolution` / `num_tokens` / `input_size` and wrap it."""
+        model_type = model.config.model_type
+        if model_type == "timm_wrapper":
+            timm_model = model.timm_model
+            stride = int(timm_model.feature_info[-1]["reduction"])
+            # The checkpoint's own pretrained_cfg (config.json), else timm's default for the architecture.
+            pretrained_cfg = getattr(model.config, "pretrained_cfg", None) or timm_model.pretrained_cfg or {}
+            mean = mean or pretrained_cfg.get("mean", IMAGENET_DEFAULT_MEAN)
+            std = std or pretrained_cfg.get("std", IMAGENET_DEFAULT_STD)
+            settings = {
+                "embed_dim": int(timm_model.num_features),
+                "num_prefix_tokens": int(getattr(timm_model, "num_prefix_tokens", 0)),
+                "normalize_before_resize": False,
+            }
+        else:
+            family = _FAMILIES[model_type]
+            stride = _square(model.config.patch_size, "patch_size")
             registers = getattr(model.config, "num_register_tokens", 0) if model_type.startswith("dinov2") else 0
             settings = {
                 "embed_dim": int(model.config.hidden_size),
                 "num_prefix_tokens": int(family.has_cls_token) + registers,
                 "normalize_before_resize": family.normalize_before_resize,
             }
-        else:
-            raise ValueError(
-                f"{name_or_path} is a {model_type!r} model, which AlignmentEncoder does not support. Supported "
-                f"transformers model types: {', '.join(SUPPORTED_MODEL_TYPES)}."
-            )
 
         default_grid = resolution // PIXELS_PER_TOKEN
         if input_size is None:
@@ -321,7 +413,9 @@ class AlignmentEncoder(nn.Module):
             grid_size = max(target_grid, default_grid)
             input_size = stride * grid_size
         elif input_size <= 0 or input_size % stride:
-            raise ValueError(f"`input_size` must be a positive multiple of the encoder's stride {stride}, got {input_size}.")
+            raise ValueError(
+                f"`input_size` must be a positive multiple of the encoder's stride {stride}, got {input_size}."
+            )
         else:
             grid_size = input_size // stride
 
@@ -332,7 +426,7 @@ class AlignmentEncoder(nn.Module):
             _resize_position_embeddings(model, grid_size, input_size, family.has_cls_token)
         return cls(
             model,
-            name=str(name_or_path),
+            name=name,
             resolution=resolution,
             input_size=input_size,
             grid_size=grid_size,
@@ -459,6 +553,36 @@ def check_compatibility(
             f"The projector's z_dims {z_dims} must equal the encoders' embed_dims {embed_dims}, in the same order: "
             f"build it as REPAProjector(hidden_size, projector_dim, z_dims={embed_dims})."
         )
+
+
+def _check_resolution(resolution: int) -> None:
+    if (
+        isinstance(resolution, bool)
+        or not isinstance(resolution, int)
+        or resolution <= 0
+        or resolution % PIXELS_PER_TOKEN
+    ):
+        raise ValueError(f"`resolution` must be a positive multiple of {PIXELS_PER_TOKEN}, got {resolution!r}.")
+
+
+def _unsupported_message(name: str, model_type: str) -> str:
+    return (
+        f"{name} is a {model_type!r} model, which AlignmentEncoder does not support. Supported transformers model "
+        f"types: {', '.join(SUPPORTED_MODEL_TYPES)}."
+    )
+
+
+def _encoder_model(model: PreTrainedModel, family: _Family) -> PreTrainedModel:
+    """The model of the family's class inside `model`: itself, the vision tower of a CLIP/SigLIP model, or the
+    backbone of a task model (`Dinov2ForImageClassification.dinov2`)."""
+    model_class = getattr(transformers, family.model_class)
+    for candidate in (model, getattr(model, "vision_model", None), getattr(model, "base_model", None)):
+        if isinstance(candidate, model_class):
+            return candidate
+    raise ValueError(
+        f"A {model.config.model_type!r} encoder must be a `{family.model_class}` (or contain one), got "
+        f"{type(model).__name__}."
+    )
 
 
 def _square(size: int | Sequence[int], what: str) -> int:
