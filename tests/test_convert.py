@@ -65,7 +65,9 @@ def test_cli_converts_a_training_checkpoint_with_pickled_args(official, tmp_path
         torch.testing.assert_close(transformer(fw["x"], fw["t"], fw["y"]).sample, fw["out"], atol=1e-5, rtol=1e-5)
     REPAProjector.from_pretrained(out_dir / "projector")
     # The inference model carries no projector weights.
-    assert not any("projector" in key for key in load_file(out_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert not any(
+        "projector" in key for key in load_file(out_dir / "transformer" / "diffusion_pytorch_model.safetensors")
+    )
 
 
 def test_use_raw_takes_the_online_weights(official):
@@ -96,9 +98,10 @@ def test_sit_xl_2_manifest_converts_completely_on_meta():
     assert transformer.config.alignment_depth == 8 and transformer.config.num_layers == 28
     assert transformer.config.sample_size == 32 and transformer.config.num_classes == 1000
     assert transformer.num_parameters() == manifest["trainable_params_without_projectors"]
-    assert transformer.num_parameters() + projector.num_parameters() + manifest["pos_embed_params"] == manifest[
-        "total_params"
-    ]
+    assert (
+        transformer.num_parameters() + projector.num_parameters() + manifest["pos_embed_params"]
+        == manifest["total_params"]
+    )
     back = diffusers_to_official_state_dict(transformer, projector)
     assert {k: tuple(v.shape) for k, v in back.items()} == {e["key"]: tuple(e["shape"]) for e in manifest["keys"]}
 
@@ -123,9 +126,26 @@ def test_cli_to_official(official, tmp_path):
     transformer, projector = convert_official_state_dict(sd, num_attention_heads=6, alignment_depth=3)
     transformer.save_pretrained(tmp_path / "model" / "transformer")
     projector.save_pretrained(tmp_path / "model" / "projector")
-    assert main(["--to_official", "--model_dir", str(tmp_path / "model"), "--output", str(tmp_path / "last.pt")]) == 0
+    model = str(tmp_path / "model")
+    assert main(["--to_official", "--pretrained_model_name_or_path", model, "--output", str(tmp_path / "last.pt")]) == 0
     back = torch.load(tmp_path / "last.pt", weights_only=True)
     assert set(back) == set(sd)
+    # the old flag name still works; without projector/ only the SiT keys are written
+    (tmp_path / "bare").mkdir()
+    transformer.save_pretrained(tmp_path / "bare" / "transformer")
+    assert main(["--to_official", "--model_dir", str(tmp_path / "bare"), "--output", str(tmp_path / "bare.pt")]) == 0
+    bare = torch.load(tmp_path / "bare.pt", weights_only=True)
+    assert set(bare) == {key for key in sd if not key.startswith("projectors.")}
+    for key in bare:
+        torch.testing.assert_close(bare[key], back[key], atol=0, rtol=0)
+
+
+def test_cli_to_official_without_a_transformer_is_one_sentence(tmp_path, capsys):
+    argv = ["--to_official", "--pretrained_model_name_or_path", str(tmp_path), "--output", str(tmp_path / "x.pt")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --pretrained_model_name_or_path") and "no SiT transformer" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.pt").exists()
 
 
 class TestMalformedCheckpoints:
@@ -186,8 +206,17 @@ class TestMalformedCheckpoints:
                 load_official_checkpoint(candidate)
         # The CLI in a fresh process refuses it too, and the payload never executed.
         result = subprocess.run(
-            [sys.executable, "-m", "diffusers_repa.convert", "--checkpoint", str(path), "--output_dir",
-             str(tmp_path / "out")], capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "diffusers_repa.convert",
+                "--checkpoint",
+                str(path),
+                "--output_dir",
+                str(tmp_path / "out"),
+            ],
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 2 and "not loaded" in result.stderr and "Traceback" not in result.stderr
         assert not marker.exists()
@@ -245,8 +274,17 @@ class TestOutputFolder:
         out.mkdir()
         checkpoint = out / "last.pt"
         torch.save(official[0], checkpoint)
-        argv = ["--checkpoint", str(checkpoint), "--output_dir", str(out), "--num_attention_heads", "6",
-                "--alignment_depth", "3", "--overwrite"]
+        argv = [
+            "--checkpoint",
+            str(checkpoint),
+            "--output_dir",
+            str(out),
+            "--num_attention_heads",
+            "6",
+            "--alignment_depth",
+            "3",
+            "--overwrite",
+        ]
         assert main(argv) == 2
         assert "lies inside" in capsys.readouterr().err and checkpoint.exists()
         empty = tmp_path / "empty"

@@ -431,3 +431,22 @@ def test_saved_pipelines_with_latent_shift_still_load(repa_tiny_pipeline, tmp_pa
         deprecations = [w for w in caught if issubclass(w.category, FutureWarning) and "latent_shift" in str(w.message)]
         assert len(deprecations) == (1 if latent_shift else 0)  # a zero shift means the same in both conventions
         assert loaded.config.shift_factor == pytest.approx(shift_factor)
+
+
+def test_evaluate_alignment_reads_shift_factor_and_the_old_latent_shift(repa_tiny_sit, tmp_path):
+    """`evaluate_alignment` encodes training latents as `z * scale + latent_shift`: from a new folder's `shift_factor`
+    (`latent_shift = -shift_factor * scale`) and from an old folder's `latent_shift` as stored."""
+    from diffusers_repa.evaluate_alignment import load_model, parse_args
+
+    pipe = REPAPipeline(repa_tiny_sit, SiTEulerScheduler(), latent_scale=0.5, shift_factor=-0.5)
+    pipe.save_pretrained(tmp_path / "new")
+    argv = ["--pretrained_model_name_or_path", str(tmp_path / "new"), "--train_data_dir", str(tmp_path)]
+    _, info = load_model(parse_args(argv))
+    assert (info["latent_scale"], info["latent_shift"]) == (0.5, 0.25)
+
+    index_file = tmp_path / "new" / "model_index.json"
+    index = json.loads(index_file.read_text())
+    del index["shift_factor"]
+    index_file.write_text(json.dumps({**index, "latent_shift": 0.75}))
+    _, info = load_model(parse_args(argv))
+    assert (info["latent_scale"], info["latent_shift"]) == (0.5, 0.75)

@@ -1,5 +1,6 @@
 """The sampling CLI: labelled grids and resumable, batch-independent ADM `.npz` files."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from diffusers_repa.sample import main, sample_labels
+from diffusers_repa.sample import main, parse_args, sample_labels
 
 # Runs `sample` in a subprocess with every batch slowed down, so that a signal reliably lands mid-run; each process
 # writes its pid to `pid-<rank>` in the working directory.
@@ -44,7 +45,41 @@ def test_grid_unknown_class_writes_nothing(repa_tiny_pipeline_dir, tmp_path, cap
 
 
 def npz_argv(model_dir, output, *extra):
-    return ["npz", "--model", str(model_dir), "--output", str(output), "--scheduler", "heun", "--steps", "2", *extra]
+    return [
+        "npz",
+        "--pretrained_model_name_or_path",
+        str(model_dir),
+        "--output",
+        str(output),
+        "--scheduler",
+        "heun",
+        "--num_inference_steps",
+        "2",
+        *extra,
+    ]
+
+
+def test_old_flag_names_are_aliases_of_the_diffusers_vocabulary(repa_tiny_pipeline_dir, tmp_path):
+    common = ["--classes", "3", "--output", str(tmp_path / "g.png"), "--guidance_scale", "2.5"]
+    new = parse_args(["grid", "--pretrained_model_name_or_path", "m", "--num_inference_steps", "7", *common])
+    old = parse_args(["grid", "--model", "m", "--steps", "7", *common])
+    assert vars(new) == vars(old)
+    assert (new.pretrained_model_name_or_path, new.num_inference_steps, new.guidance_scale) == ("m", 7, 2.5)
+    assert parse_args(["npz", "--model", "m", "--output", "s", "--scheduler", "heun"]).num_inference_steps == 50
+
+
+def test_a_run_recorded_with_the_old_setting_names_resumes(repa_tiny_pipeline_dir, tmp_path):
+    output = tmp_path / "s.npz"
+    assert main(npz_argv(repa_tiny_pipeline_dir, output, "--num_images", "4", "--batch_size", "2")) == 0
+    settings_file = tmp_path / "s.npz.parts" / "settings.json"
+    settings = json.loads(settings_file.read_text())
+    renamed = {"pretrained_model_name_or_path": "model", "num_inference_steps": "steps"}
+    settings_file.write_text(json.dumps({renamed.get(key, key): value for key, value in settings.items()}))
+    reference = np.load(output)["arr_0"]
+    output.unlink()
+    (tmp_path / "s.npz.parts" / "batch_000001.npz").unlink()
+    assert main(npz_argv(repa_tiny_pipeline_dir, output, "--num_images", "4", "--batch_size", "2")) == 0
+    np.testing.assert_array_equal(np.load(output)["arr_0"], reference)
 
 
 def test_npz_layout_batching_and_resume(repa_tiny_pipeline_dir, tmp_path):
@@ -82,13 +117,14 @@ def test_grid_negative_class_id_is_out_of_range(repa_tiny_pipeline_dir, tmp_path
         ("./no_such_folder", "does not exist"),
         ("{tmp}", "not a pipeline folder"),
         ("no-such-org/no-such-repo", "There is no folder 'no-such-org/no-such-repo'"),
+        ("SiT-XL/2", "is a SiT preset name"),
     ],
 )
 def test_a_bad_model_is_one_sentence(model, message, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    argv = ["grid", "--model", model.format(tmp=tmp_path), "--classes", "3", "--output", str(tmp_path / "g.png")]
-    assert main(argv) == 2
+    argv = ["grid", "--pretrained_model_name_or_path", model.format(tmp=tmp_path), "--classes", "3"]
+    assert main([*argv, "--output", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
 
@@ -116,8 +152,12 @@ def run_until_signal(argv, parts, at_least, signum, tmp_path):
     """Start `sample` in a subprocess, send `signum` once `parts` holds `at_least` batches, return the result."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-c", SLOW_SAMPLE, *argv], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", SLOW_SAMPLE, *argv],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 240
     while len(list(parts.glob("batch_*.npz"))) < at_least and process.poll() is None:
@@ -213,8 +253,16 @@ def test_two_processes_share_the_work_and_stop_together(repa_tiny_pipeline_dir, 
     script = tmp_path / "slow_sample.py"
     script.write_text(SLOW_SAMPLE)
     output, parts = tmp_path / "two.npz", tmp_path / "two.npz.parts"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-               *npz_argv(repa_tiny_pipeline_dir, output, *extra)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        *npz_argv(repa_tiny_pipeline_dir, output, *extra),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

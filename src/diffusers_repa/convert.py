@@ -7,8 +7,11 @@
 ```bash
 python -m diffusers_repa.convert --checkpoint pretrained_models/last.pt --output_dir sit-xl-2-repa
 python -m diffusers_repa.convert --checkpoint exps/run/checkpoints/0400000.pt --output_dir out --use_raw
-python -m diffusers_repa.convert --to_official --model_dir sit-xl-2-repa --output last.pt
+python -m diffusers_repa.convert --to_official --pretrained_model_name_or_path sit-xl-2-repa --output last.pt
 ```
+
+`--pretrained_model_name_or_path` means what it means in `sample`, `evaluate_alignment` and the trainer: a folder
+written by `save_pretrained` (with `transformer/`) or a Hub repo id (`--model_dir` is its old name, still accepted).
 
 The CLI refuses to write into a non-empty `--output_dir` (or over an existing `--output`) unless `--overwrite` is
 given; then the folder is replaced whole (nothing of an earlier conversion, such as a stale `projector/`, is kept):
@@ -233,7 +236,9 @@ def _projector_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[
         if missing:
             raise CheckpointError(f"Incomplete projector {head}: missing {missing}.")
         z_dims.append(int(state_dict[f"projectors.{head}.4.weight"].shape[0]))
-    extra = sorted(set(keys) - {f"projectors.{h}.{l}.{k}" for h in heads for l in (0, 2, 4) for k in ("weight", "bias")})
+    extra = sorted(
+        set(keys) - {f"projectors.{h}.{l}.{k}" for h in heads for l in (0, 2, 4) for k in ("weight", "bias")}
+    )
     if extra:
         raise CheckpointError(f"Unknown projector keys: {extra}.")
     hidden_size = int(state_dict["projectors.0.0.weight"].shape[1])
@@ -345,8 +350,10 @@ def diffusers_to_official_state_dict(
             official[f"{reverse_top[stem]}.{kind}"] = value
     if projector is not None:
         official.update({key: value for key, value in projector.state_dict().items()})
-    return {key: value.detach().contiguous() if value.is_meta else value.detach().cpu().contiguous()
-            for key, value in official.items()}
+    return {
+        key: value.detach().contiguous() if value.is_meta else value.detach().cpu().contiguous()
+        for key, value in official.items()
+    }
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -360,7 +367,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--alignment_depth", type=int, default=None, help="the official --encoder-depth")
     parser.add_argument("--sample_size", type=int, default=None, help="latent side (resolution // 8)")
     parser.add_argument("--to_official", action="store_true", help="reverse: diffusers folder -> official .pt")
-    parser.add_argument("--model_dir", type=Path, help="with --to_official: folder with transformer/ [projector/]")
+    parser.add_argument(
+        "--pretrained_model_name_or_path",
+        "--model_dir",
+        help="with --to_official: a folder with transformer/ [projector/] (a pipeline or convert output) or a Hub "
+        "repo id (--model_dir: old name)",
+    )
     parser.add_argument("--output", type=Path, help="with --to_official: the .pt file to write")
     parser.add_argument(
         "--vae", help="AutoencoderKL folder or repo id: write a complete REPAPipeline folder (SDE scheduler) instead"
@@ -372,6 +384,26 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="replace a non-empty --output_dir whole (or an existing --output file); refused without it",
     )
     return parser.parse_args(argv)
+
+
+def _load_diffusers_model(name_or_path: str) -> tuple[SiTTransformer2DModel, REPAProjector | None]:
+    """The transformer (and the projector, when there is one) of a local folder or Hub repo."""
+    try:
+        transformer = SiTTransformer2DModel.from_pretrained(name_or_path, subfolder="transformer")
+    except (OSError, ValueError) as error:
+        raise CheckpointError(
+            f"--pretrained_model_name_or_path {name_or_path}: no SiT transformer could be loaded from its "
+            f"transformer/ ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); pass a "
+            "folder written by convert, train_repa.py or `save_pretrained`, or its Hub repo id."
+        ) from None
+    if os.path.isdir(name_or_path):
+        if not os.path.isdir(os.path.join(name_or_path, "projector")):
+            return transformer, None
+        return transformer, REPAProjector.from_pretrained(name_or_path, subfolder="projector")
+    try:  # a Hub repo: the projector is optional
+        return transformer, REPAProjector.from_pretrained(name_or_path, subfolder="projector")
+    except OSError:
+        return transformer, None
 
 
 def _check_destination(path: Path, overwrite: bool, flag: str, keep: Path | None = None) -> None:
@@ -424,12 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         if args.to_official:
-            if args.model_dir is None or args.output is None:
-                raise CheckpointError("--to_official needs --model_dir and --output.")
+            if args.pretrained_model_name_or_path is None or args.output is None:
+                raise CheckpointError("--to_official needs --pretrained_model_name_or_path and --output.")
             _check_destination(args.output, args.overwrite, "--output")
-            transformer = SiTTransformer2DModel.from_pretrained(args.model_dir / "transformer")
-            projector_dir = args.model_dir / "projector"
-            projector = REPAProjector.from_pretrained(projector_dir) if projector_dir.is_dir() else None
+            transformer, projector = _load_diffusers_model(args.pretrained_model_name_or_path)
             temporary = args.output.with_name(f".{args.output.name}.tmp-{os.getpid()}")
             try:
                 torch.save(diffusers_to_official_state_dict(transformer, projector), temporary)

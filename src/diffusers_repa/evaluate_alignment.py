@@ -37,6 +37,7 @@ from .alignment.metrics import cknna, encoder_features, linear_probe_accuracy, s
 from .data import SD_VAE_LATENT_SCALE, preprocess_image, sample_posterior
 from .flow_paths import PATH_TYPES
 from .models import SiTTransformer2DModel
+from .pipeline_repa import latent_shift_from_shift_factor
 from .sample import image_generators
 
 MOMENTS_COLUMN = "moments"  # the VAE-posterior column of prepare_latents.py datasets
@@ -197,14 +198,17 @@ def load_model(args: argparse.Namespace) -> tuple[SiTTransformer2DModel, dict[st
     scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
     vae_entry = pipeline_config.get("vae")
     has_vae = bool(vae_entry and vae_entry[0] is not None) and (folder / "vae" / "config.json").is_file()
+    # The pipeline stores diffusers' `shift_factor` (decoded as x / scale + shift_factor; older folders stored the
+    # encode-side `latent_shift`); this script encodes as z * scale + latent_shift. A null scale is the VAE's.
+    pipeline_scale = pipeline_config.get("latent_scale") or SD_VAE_LATENT_SCALE
+    if pipeline_config.get("shift_factor") is not None:
+        pipeline_shift = latent_shift_from_shift_factor(pipeline_config["shift_factor"], pipeline_scale)
+    else:
+        pipeline_shift = pipeline_config.get("latent_shift", 0.0)
     info = {
         "path_type": args.path_type or scheduler_config.get("path_type", "linear"),
-        "latent_scale": args.latent_scale
-        if args.latent_scale is not None
-        else pipeline_config.get("latent_scale", SD_VAE_LATENT_SCALE),
-        "latent_shift": args.latent_shift
-        if args.latent_shift is not None
-        else pipeline_config.get("latent_shift", 0.0),
+        "latent_scale": args.latent_scale if args.latent_scale is not None else pipeline_scale,
+        "latent_shift": args.latent_shift if args.latent_shift is not None else pipeline_shift,
         "vae_folder": folder / "vae" if has_vae else None,
     }
     return transformer, info

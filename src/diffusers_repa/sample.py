@@ -3,15 +3,21 @@
 
 ```bash
 # a grid of 4 classes, paper setting (SDE, 250 steps, guidance 1.8 for t <= 0.7)
-python -m diffusers_repa.sample grid --model sit-xl-2-repa --classes "golden retriever" 88 207 "tabby" --output grid.png
+python -m diffusers_repa.sample grid --pretrained_model_name_or_path sit-xl-2-repa \
+    --classes "golden retriever" 88 207 "tabby" --output grid.png
 # 50K images, 50 per class, spread over the GPUs; rerun the same command to resume
-accelerate launch -m diffusers_repa.sample npz --model sit-xl-2-repa --num_images 50000 --output samples.npz
+accelerate launch -m diffusers_repa.sample npz --pretrained_model_name_or_path sit-xl-2-repa --num_images 50000 \
+    --output samples.npz
 ```
+
+The flags share diffusers' vocabulary with `convert`, `evaluate_alignment` and the trainer:
+`--pretrained_model_name_or_path` (a pipeline folder or Hub repo id; old name `--model`), `--num_inference_steps`
+(old name `--steps`) and `--guidance_scale`.
 
 Every image has its own generator, seeded from `(--seed, image index)`, so the images do not depend on the batch size,
 the number of processes, or on resuming. The `npz` mode writes finished batches to `<output>.parts/` (each written
 atomically) and assembles `<output>` (`arr_0`: uint8 `(N, H, W, 3)`, plus `labels`) once all are there; `<output>`
-gets the `.npz` suffix if it lacks one (as NumPy would add it). All arguments, `--model` included, are checked before
+gets the `.npz` suffix if it lacks one (as NumPy would add it). All arguments, the model included, are checked before
 anything is written, and `<output>.parts/settings.json` records them: a rerun with other settings is refused.
 
 Preemption: on SIGTERM (SLURM, Kubernetes), SIGINT (Ctrl-C) or SIGUSR1, `npz` stops at the next denoising step,
@@ -36,6 +42,7 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
+from .models import SIT_PRESETS
 from .pipeline_repa import REPAPipeline
 from .schedulers import SiTEulerMaruyamaScheduler, SiTEulerScheduler, SiTHeunScheduler
 from .training_utils import StopSignal
@@ -45,6 +52,9 @@ DEFAULT_STEPS = {"sde": 250, "heun": 50, "euler": 50}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # A class given as digits (with an optional sign) is an id, anything else a name.
 _CLASS_ID = re.compile(r"[+-]?\d+")
+# Setting names of `<output>.parts/settings.json` written before the flags were renamed -> the current names.
+_LEGACY_SETTINGS = {"model": "pretrained_model_name_or_path", "steps": "num_inference_steps"}
+MODEL_FLAG = "--pretrained_model_name_or_path"
 
 
 class BatchAbandoned(Exception):
@@ -87,29 +97,35 @@ def process_state() -> PartialState:
 
 def check_model_source(model: str) -> None:
     """
-    Refuse a `--model` that is neither a pipeline folder nor a plausible Hub repo id, in one sentence (instead of a
-    Hub lookup error); a repo id that cannot be found is reported by [`REPAPipeline.download`].
+    Refuse a `--pretrained_model_name_or_path` that is neither a pipeline folder nor a plausible Hub repo id, in one
+    sentence (instead of a Hub lookup error); a repo id that cannot be found is reported by
+    [`REPAPipeline.download`].
     """
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ValueError(
-                f"--model {model} is a folder but not a pipeline folder (it has no model_index.json): pass the folder "
-                "written by `REPAPipeline.save_pretrained`, by the trainer (its --output_dir) or by "
+                f"{MODEL_FLAG} {model} is a folder but not a pipeline folder (it has no model_index.json): pass the "
+                "folder written by `REPAPipeline.save_pretrained`, by the trainer (its --output_dir) or by "
                 "`python -m diffusers_repa.convert ... --vae ...`."
             )
         return
     if path.exists():
-        raise ValueError(f"--model {model} is a file: pass a pipeline folder or a Hub repo id ('org/name').")
+        raise ValueError(f"{MODEL_FLAG} {model} is a file: pass a pipeline folder or a Hub repo id ('org/name').")
+    if model in SIT_PRESETS:
+        raise ValueError(
+            f"{MODEL_FLAG} {model} is a SiT preset name (an architecture), not a trained model: pass a pipeline "
+            "folder or Hub repo id."
+        )
     if model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model:
-        raise ValueError(f"--model {model} does not exist: check the path of the pipeline folder.")
+        raise ValueError(f"{MODEL_FLAG} {model} does not exist: check the path of the pipeline folder.")
 
 
 def load_pipeline(args: argparse.Namespace, device: torch.device) -> REPAPipeline:
-    """Load `--model` with the chosen scheduler and transformer dtype; every bad `--model` is one `ValueError`."""
-    check_model_source(args.model)
+    """Load the model with the chosen scheduler and transformer dtype; every bad model source is one `ValueError`."""
+    check_model_source(args.pretrained_model_name_or_path)
     dtypes = {"transformer": DTYPES[args.dtype], "default": torch.float32}
-    pipeline = REPAPipeline.from_pretrained(args.model, dtype=dtypes)
+    pipeline = REPAPipeline.from_pretrained(args.pretrained_model_name_or_path, dtype=dtypes)
     pipeline.scheduler = SCHEDULERS[args.scheduler].from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)
@@ -134,7 +150,7 @@ def generate(
 
     images = pipeline(
         labels,
-        num_inference_steps=args.steps,
+        num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale,
         guidance_interval=tuple(args.guidance_interval),
         generator=image_generators(args.seed, indices),
@@ -211,7 +227,7 @@ def run_npz(args: argparse.Namespace, stop: StopSignal) -> None:
     pipeline = load_pipeline(args, state.device)
     config = pipeline.transformer.config
     pipeline.check_inputs(
-        args.steps, args.guidance_scale, tuple(args.guidance_interval), None, (1,), None, "np", []
+        args.num_inference_steps, args.guidance_scale, tuple(args.guidance_interval), None, (1,), None, "np", []
     )
     parts = args.output.with_name(args.output.name + ".parts")
     settings = {
@@ -222,6 +238,8 @@ def run_npz(args: argparse.Namespace, stop: StopSignal) -> None:
     settings_file = parts / "settings.json"
     try:
         recorded = json.loads(settings_file.read_text()) if settings_file.exists() else None
+        if recorded is not None:  # a run started before the flags were renamed resumes too
+            recorded = {_LEGACY_SETTINGS.get(key, key): value for key, value in recorded.items()}
     except ValueError:
         raise ValueError(f"{settings_file} is unreadable: delete {parts} (or use another --output).") from None
     state.wait_for_everyone()  # every process has read the settings before the main process writes them
@@ -300,12 +318,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     npz.add_argument("--batch_size", type=int, default=32, help="images per batch and per process")
     for sub in (grid, npz):
-        sub.add_argument("--model", required=True, help="REPAPipeline folder or Hub repo id")
+        sub.add_argument(
+            MODEL_FLAG,
+            "--model",
+            required=True,
+            help="REPAPipeline folder or Hub repo id (--model: old name)",
+        )
         sub.add_argument(
             "--output", type=Path, required=True, help="grid: an image file (.png, .jpg, ...); npz: the .npz file"
         )
         sub.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="sde")
-        sub.add_argument("--steps", type=int, default=None, help="default: 250 for sde, 50 for heun/euler")
+        sub.add_argument(
+            "--num_inference_steps",
+            "--steps",
+            type=int,
+            default=None,
+            help="integration steps; default: 250 for sde, 50 for heun/euler (--steps: old name)",
+        )
         sub.add_argument("--guidance_scale", type=float, default=1.8)
         sub.add_argument("--guidance_interval", type=float, nargs=2, default=(0.0, 0.7), metavar=("LOW", "HIGH"))
         sub.add_argument("--seed", type=int, default=0)
@@ -317,12 +346,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "default: exact (the official samplers)",
         )
     args = parser.parse_args(argv)
-    if args.steps is None:
-        args.steps = DEFAULT_STEPS[args.scheduler]
+    if args.num_inference_steps is None:
+        args.num_inference_steps = DEFAULT_STEPS[args.scheduler]
     args.guidance_interval = list(args.guidance_interval)
     low, high = args.guidance_interval
-    if args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.num_inference_steps < 1:
+        parser.error(f"--num_inference_steps must be >= 1, got {args.num_inference_steps}")
     if not math.isfinite(args.guidance_scale) or args.guidance_scale < 0:
         parser.error(f"--guidance_scale must be a finite number >= 0 (1 disables guidance), got {args.guidance_scale}")
     if not 0 <= low <= high <= 1:
