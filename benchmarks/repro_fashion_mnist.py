@@ -39,9 +39,11 @@ REPO = Path(__file__).resolve().parents[1]
 ARMS = {"repa": 0.5, "plain": 0.0}
 SAVED_PATTERN = re.compile(r"Saved \S*checkpoint-(\d+)")
 
-# name -> (image side, train_repa.py model flags, batch, steps, checkpoint interval, FID samples)
+# Image side, train_repa.py model flags, batch, steps, checkpoint interval, FID samples per checkpoint and reference
+# images (the test split has 1000). FID on few samples is biased upwards: the report's "real" row is the FID of as
+# many real training images against the same reference, the floor a perfect model would reach at that count.
 SETTINGS = {
-    "cpu": {  # what 2 shared CPU cores allow in about an hour: ~25 min training, ~30 min FID
+    "cpu": {  # what 2 CPU cores shared with other jobs allowed in one session: ~45 min training, ~40 min FID
         "resolution": 32,
         "model_kwargs": {"num_layers": 6, "num_attention_heads": 4, "attention_head_dim": 32},
         "model": "SiT-S/4",
@@ -49,7 +51,7 @@ SETTINGS = {
         "batch_size": 32,
         "max_train_steps": 1500,
         "checkpointing_steps": 300,
-        "num_fid_samples": 250,
+        "num_fid_samples": 100,
         "num_reference": 1000,
     },
     "cpu_trial": {  # the size of the first throwaway trial (about 2 hours on 2 quiet cores)
@@ -272,7 +274,12 @@ def evaluate(args: argparse.Namespace, out: Path) -> None:
     from diffusers_repa import REPAPipeline, SiTEulerScheduler, SiTTransformer2DModel
     from diffusers_repa.evaluate_alignment import parse_args as alignment_args
     from diffusers_repa.evaluate_alignment import run as evaluate_alignment
-    from diffusers_repa.evaluation import build_reference_batch, evaluate_samples, load_inception
+    from diffusers_repa.evaluation import (
+        build_reference_batch,
+        evaluate_samples,
+        load_inception,
+        load_reference_images,
+    )
     from diffusers_repa.sample import image_generators, make_grid, sample_labels, to_uint8
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -290,10 +297,21 @@ def evaluate(args: argparse.Namespace, out: Path) -> None:
         )
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"fid": [], "alignment": {}}
+    num_samples = args.setting["num_fid_samples"]
+    if "real" not in results:  # the noise floor: real training images, as many as the samples
+        real = load_reference_images(
+            str(REPO / "training/data/fashion-mnist"),
+            args.setting["resolution"],
+            split="train",
+            num_images=num_samples,
+            seed=0,
+            progress=False,
+        )[0]
+        results["real"] = evaluate_samples(real, reference, network=network, device=device, progress=False)
+        results_path.write_text(json.dumps(results, indent=2))
     done = {(row["run"], row["step"]) for row in results["fid"]}
     timings_path = out / "train_timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    num_samples = args.setting["num_fid_samples"]
     for arm in ARMS:
         for seed in args.seeds:
             name = run_name(arm, seed)
@@ -376,6 +394,12 @@ def report(args: argparse.Namespace, out: Path) -> str:
             each = ", ".join(f"{value:.1f}" for value in values)
             cells.append(f"{sum(values) / len(values):.1f} ({each})" if values else "-")
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    if "real" in results:
+        lines.append(
+            f"| real training images (floor at {results['real']['num_samples']} samples) | "
+            + " | ".join(f"{results['real']['fid']:.1f}" for _ in ARMS)
+            + " |"
+        )
     lines += ["", "| run | last step | sFID | precision | recall | seconds/step | CKNNA (aligned layer) | probe acc |"]
     lines.append("|---|---|---|---|---|---|---|---|")
     for arm in ARMS:
@@ -413,6 +437,9 @@ def report(args: argparse.Namespace, out: Path) -> str:
             clock = [(seconds[str(step)] / 60, fid) for step, fid in points if str(step) in seconds]
             if clock:
                 axes[1].plot(*zip(*clock), marker="o", color=colors[arm], alpha=0.8, label=f"{arm} seed {seed}")
+    if "real" in results:
+        for axis in axes:
+            axis.axhline(results["real"]["fid"], color="gray", linestyle=":", label="real images (floor)")
     axes[0].set_xlabel("training step")
     axes[1].set_xlabel("wall-clock minutes (training only)")
     for axis in axes:
