@@ -4,7 +4,7 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from diffusers_repa.model_card import LORA_WEIGHT_NAME, TAGS, build_model_card
+from diffusers_repa.model_card import LORA_WEIGHT_NAME, TAGS, build_model_card, describe_architecture
 
 HYPERPARAMETERS = {"learning_rate": 1e-4, "batch_size": 256, "proj_coeff": 0.5}
 
@@ -70,3 +70,26 @@ def test_lora_card_points_at_the_base_model():
     assert f'load_lora_adapter("me/sit-xl-2-repa", weight_name="{LORA_WEIGHT_NAME}", prefix=None)' in card.text
     with pytest.raises(ValueError, match="base_model"):
         full_card(lora=True)
+
+
+def test_architecture_is_named_by_preset_only_when_it_is_the_preset():
+    from diffusers_repa import SIT_PRESETS, SiTTransformer2DModel
+
+    for name, (layers, width, heads, patch) in SIT_PRESETS.items():
+        described = describe_architecture(SiTTransformer2DModel.preset_config(name))
+        assert described == f"{name} ({layers} blocks, width {width}, {heads} heads, patch {patch})"
+    demo = SiTTransformer2DModel.preset_config("SiT-S/4", num_layers=6, num_attention_heads=4, attention_head_dim=32)
+    assert describe_architecture(demo) == "SiT (6 blocks, width 128, 4 heads, patch 4)"  # the demo's model
+    wider = SiTTransformer2DModel.preset_config("SiT-B/2", mlp_ratio=2.0, qk_norm=True)
+    assert describe_architecture(wider) == "SiT (12 blocks, width 768, 12 heads, patch 2, MLP ratio 2.0, QK-norm)"
+    # A loaded model's config (a FrozenDict) works the same.
+    model = SiTTransformer2DModel.from_preset("SiT-S/8", sample_size=8, num_classes=2)
+    assert describe_architecture(model.config) == "SiT-S/8 (12 blocks, width 384, 6 heads, patch 8)"
+
+
+def test_final_metrics_table():
+    card = full_card(metrics={"step": 4000, "fid": 12.3456, "recall": 0.5}, metrics_description="500 samples vs 1000.")
+    text = card.text
+    assert "## Evaluation\n\n500 samples vs 1000.\n\n| metric | value |\n|---|---|\n" in text
+    assert "| step | 4000 |\n| fid | 12.35 |\n| recall | 0.5 |" in text
+    assert "## Evaluation" not in full_card().text

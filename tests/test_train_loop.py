@@ -180,4 +180,23 @@ def test_checkpoint_without_state_is_never_resumed(run, workspace, tmp_path, cap
 
 def test_trainer_pipeline_keeps_the_latent_scale_and_shift(run):
     config = json.loads((run.output / "model_index.json").read_text())
-    assert (config["latent_scale"], config["latent_shift"]) == (0.5, 0.25)
+    # The model saw z * 0.5 + 0.25; the pipeline decodes x / 0.5 + shift_factor (diffusers' convention).
+    assert (config["latent_scale"], config["shift_factor"]) == (0.5, -0.5)
+
+
+def test_logging_steps_log_the_means_of_their_window(workspace, tmp_path):
+    """With --logging_steps 4 over the 6 steps of the epoch, the losses are read twice (steps 4 and 6, the end): each
+    logged value is the mean over its window's steps of the per-step means over micro-batches."""
+    recorder = Recorder()
+    output = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        recorder.install(patch)
+        run_training(latent_args(workspace, output, *RUN_ARGS, "--logging_steps", "4", "--checkpointing_steps", "100"))
+    for tag in ("loss", "denoising_loss", "projection_loss"):
+        micro = [call[tag] for call in recorder.loss_calls]
+        per_step = [sum(micro[i : i + ACCUMULATION]) / ACCUMULATION for i in range(0, len(micro), ACCUMULATION)]
+        assert len(per_step) == STEPS_PER_EPOCH
+        expected = [(4, sum(per_step[:4]) / 4), (6, sum(per_step[4:]) / 2)]
+        assert [step for step, _ in logged(output, tag)] == [4, 6], tag
+        assert [value for _, value in logged(output, tag)] == pytest.approx([value for _, value in expected], rel=1e-5)
+    assert [step for step, _ in logged(output, "images_per_second")] == [4, 6]

@@ -179,8 +179,9 @@ def test_alignment_stop_and_coefficient_schedule_with_accumulation(workspace):
 
 
 def test_other_official_options_run(workspace, monkeypatch):
-    """--legacy, lognormal times, the cosine path, qk-norm, gradient checkpointing and bf16 autocast together, each
-    observed in the training step (the loss's settings, the labels it gets, the model's mode and compute dtype)."""
+    """--legacy, lognormal times, the cosine path, qk-norm, gradient checkpointing, bf16 autocast and --torch_compile
+    together, each observed in the training step (the loss's settings, the labels it gets, the model's mode and
+    compute dtype, the encoder's mode and dtype, the compile call)."""
     steps, original_call = [], REPALoss.__call__
 
     def call(loss_fn, transformer, projector, latents, class_labels, *args, **kwargs):
@@ -194,15 +195,30 @@ def test_other_official_options_run(workspace, monkeypatch):
         steps.append((repr(loss_fn), class_labels.tolist(), transformer.is_gradient_checkpointing, set(dtypes)))
         return output
 
+    encoder_calls, compiled = [], []
+    original_encoder = AlignmentEncoder.forward
+
+    def encoder_forward(self, images):
+        features = original_encoder(self, images)
+        autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")
+        encoder_calls.append((torch.is_inference_mode_enabled(), autocast))
+        return features
+
     monkeypatch.setattr(REPALoss, "__call__", call)
+    monkeypatch.setattr(AlignmentEncoder, "forward", encoder_forward)
+    monkeypatch.setattr(
+        SiTTransformer2DModel, "compile_repeated_blocks", lambda self, **kwargs: compiled.append(kwargs)
+    )
     output = workspace.root / "options"
     run_training(
         latent_args(
             workspace, output, "--max_train_steps", "2", "--checkpointing_steps", "2", "--legacy", "--weighting",
             "lognormal", "--path_type", "cosine", "--qk_norm", "--gradient_checkpointing", "--mixed_precision", "bf16",
-            "--cfg_prob", "0.9",
+            "--cfg_prob", "0.9", "--torch_compile",
         )
     )  # fmt: skip
+    assert compiled == [{"fullgraph": True}]  # --torch_compile compiles each SiT block (compile_repeated_blocks)
+    assert encoder_calls == [(True, torch.bfloat16)] * 2  # targets under inference_mode, in the bf16 autocast
     assert len(steps) == 2
     for loss, _, checkpointing, dtypes in steps:
         assert loss == "REPALoss(path_type='cosine', weighting='lognormal', proj_coeff=0.5)"

@@ -101,17 +101,22 @@ def test_kill_9_during_save_and_during_step_then_resume_latest(workspace, tmp_pa
     assert_same_tensors(reference / "transformer", output / "transformer")
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(workspace, tmp_path, monkeypatch):
+def poison_loss(monkeypatch, call: int) -> None:
+    """Make the loss of the `call`-th `REPALoss` call NaN."""
     original_call, calls = train_repa.REPALoss.__call__, []
 
     def poisoned(self, *args, **kwargs):
         output = original_call(self, *args, **kwargs)
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == call:
             output.loss = output.loss * float("nan")
         return output
 
     monkeypatch.setattr(train_repa.REPALoss, "__call__", poisoned)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(workspace, tmp_path, monkeypatch):
+    poison_loss(monkeypatch, call=3)
     output = tmp_path / "run"
     with pytest.raises(FloatingPointError, match=r"The loss is nan .* at step 3; .*Last checkpoint: .*checkpoint-2"):
         run_training(latent_args(workspace, output, "--max_train_steps", "6", "--checkpointing_steps", "2"))
@@ -133,6 +138,38 @@ def test_non_finite_gradient_stops_before_the_update(workspace, tmp_path, monkey
     monkeypatch.setattr(train_repa.REPALoss, "__call__", poisoned)
     with pytest.raises(FloatingPointError, match=r"The gradient norm is (nan|inf) at step 2;"):
         run_training(latent_args(workspace, tmp_path / "run", "--max_train_steps", "4", "--checkpointing_steps", "4"))
+
+
+def test_with_a_fused_optimizer_a_non_finite_step_is_skipped_on_the_device_and_stops_at_the_next_check(
+    workspace, tmp_path, monkeypatch
+):
+    """The GPU path (fused AdamW, no per-step host sync), forced on the CPU: the poisoned step 3 never reaches the
+    weights or the EMA, nothing is saved after it, and the run stops at the next logging step with the step named."""
+    from diffusers.training_utils import EMAModel
+
+    original_ema_step, finite = EMAModel.step, []
+
+    def ema_step(self, parameters):
+        parameters = list(parameters)
+        finite.append(all(torch.isfinite(parameter).all() for parameter in parameters))
+        original_ema_step(self, parameters)
+        finite[-1] &= all(torch.isfinite(shadow).all() for shadow in self.shadow_params)
+
+    monkeypatch.setattr(train_repa, "use_fused_optimizer", lambda device: True)
+    poison_loss(monkeypatch, call=3)
+    monkeypatch.setattr(EMAModel, "step", ema_step)
+    output = tmp_path / "run"
+    argv = latent_args(
+        workspace, output, "--max_train_steps", "8", "--checkpointing_steps", "2", "--logging_steps", "4"
+    )
+    with pytest.raises(FloatingPointError) as error:
+        run_training(argv)
+    message = str(error.value)
+    assert message.startswith("The loss is nan (denoising ") and " at step 3; its update" in message, message
+    assert "training stopped at step 4" in message and f"Last checkpoint: {output / 'checkpoint-2'}" in message
+    assert finite == [True] * 4  # weights and EMA finite after every step, the skipped one included
+    assert [step for step, _ in training_utils.list_checkpoints(output)] == [2]  # no checkpoint-4 after the NaN
+    assert not (output / "model_index.json").exists()
 
 
 def write_bad_images(folder) -> None:

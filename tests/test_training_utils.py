@@ -322,3 +322,134 @@ def test_prepare_run_folder_rewinds_falls_back_and_stops_when_nothing_is_complet
 
 def steps_of(output_dir) -> list[int]:
     return [step for step, _ in list_checkpoints(output_dir)]
+
+
+# ---------------------------------------------------------------------------------------------------- file helpers
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    from diffusers_repa.utils import atomic_write, write_json_atomically
+
+    path = tmp_path / "state.json"
+    write_json_atomically(path, {"step": 1})
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_write(path, "w") as file:
+            file.write('{"step": 2, "trunc')
+            raise RuntimeError("disk full")
+    assert json.loads(path.read_text()) == {"step": 1}  # the old content, and no temporary file left
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["state.json"]
+    with atomic_write(path) as file:  # binary by default
+        file.write(b'{"step": 3}')
+    assert json.loads(path.read_text()) == {"step": 3}
+    with pytest.raises(ValueError, match="mode must be"):
+        with atomic_write(path, "a"):
+            pass
+
+
+def test_recorded_settings_guard(tmp_path):
+    from diffusers_repa.utils import check_recorded_settings, write_json_atomically
+
+    settings_file = tmp_path / "settings.json"
+    assert check_recorded_settings(settings_file, {"resolution": 32}, hint="use another folder") is None
+    write_json_atomically(settings_file, {"resolution": 32, "vae": None})
+    assert check_recorded_settings(settings_file, {"resolution": 32, "vae": None}, hint="x") == {
+        "resolution": 32,
+        "vae": None,
+    }
+    with pytest.raises(ValueError) as error:
+        check_recorded_settings(settings_file, {"resolution": 64, "vae": None}, "use another folder", "shards prepared")
+    assert str(error.value) == (
+        f"{tmp_path} holds shards prepared with other settings (recorded -> now: resolution: 32 -> 64): use another "
+        "folder."
+    )
+    settings_file.write_text("{broken")
+    with pytest.raises(ValueError, match="is unreadable"):
+        check_recorded_settings(settings_file, {"resolution": 32}, hint="x")
+
+
+# ---------------------------------------------------------------------------------------------------- loop helpers
+
+
+def fused_setup(weight_decay: float = 0.01):
+    """A parameter and a fused AdamW (fused runs on the CPU too), with a deferred guard."""
+    from diffusers_repa.training_utils import NonFiniteGuard
+
+    parameter = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([parameter], lr=0.1, weight_decay=weight_decay, fused=True)
+    return parameter, optimizer, NonFiniteGuard(optimizer, deferred=True, last_checkpoint="checkpoint-2")
+
+
+def guarded_step(parameter, optimizer, guard, step: int, loss: float, grad: float) -> None:
+    guard.check_loss(torch.tensor([loss, loss, 0.0]), step)
+    parameter.grad = torch.full((3,), grad)
+    guard.check_grad_norm(parameter.grad.norm(), step)
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def test_deferred_guard_skips_non_finite_updates_without_a_sync_and_raises_later():
+    parameter, optimizer, guard = fused_setup()
+    guarded_step(parameter, optimizer, guard, 1, loss=1.0, grad=1.0)
+    after_one = parameter.detach().clone()
+    guard.raise_if_any(1)  # nothing wrong yet
+    guarded_step(parameter, optimizer, guard, 2, loss=float("nan"), grad=float("nan"))  # a NaN loss and gradient
+    guarded_step(parameter, optimizer, guard, 3, loss=2.0, grad=float("inf"))  # a finite loss, infinite gradient
+    assert torch.equal(parameter.detach(), after_one)  # both updates skipped: no weight, moment or step change
+    assert (
+        optimizer.state[parameter]["step"].item() == 1 and torch.isfinite(optimizer.state[parameter]["exp_avg"]).all()
+    )
+    guarded_step(parameter, optimizer, guard, 4, loss=1.0, grad=1.0)  # finite steps go on until the check
+    assert not torch.equal(parameter.detach(), after_one) and torch.isfinite(parameter).all()
+    with pytest.raises(FloatingPointError) as error:
+        guard.raise_if_any(4)
+    message = str(error.value)
+    assert message.startswith("The loss is nan (denoising nan, projection 0.0) at step 2; its update")  # the first
+    assert "training stopped at step 4" in message and "Last checkpoint: checkpoint-2" in message
+
+
+def test_deferred_guard_names_a_gradient_and_the_immediate_guard_raises_at_once():
+    from diffusers_repa.training_utils import NonFiniteGuard
+
+    parameter, optimizer, guard = fused_setup()
+    guarded_step(parameter, optimizer, guard, 1, loss=1.0, grad=float("inf"))
+    with pytest.raises(FloatingPointError, match=r"The gradient norm is inf at step 1; its update"):
+        guard.raise_if_any(1)
+
+    immediate = NonFiniteGuard(optimizer)
+    with pytest.raises(FloatingPointError, match=r"The loss is nan .* at step 7; training stopped before applying"):
+        immediate.check_loss(torch.tensor([float("nan"), 1.0, 0.0]), 7)
+    with pytest.raises(FloatingPointError, match=r"The gradient norm is inf at step 8;"):
+        immediate.check_grad_norm(torch.tensor(float("inf")), 8)
+    NonFiniteGuard(optimizer, check_gradients=False).check_grad_norm(torch.tensor(float("inf")), 8)  # fp16's scaler
+
+
+def test_step_metrics_average_between_logging_steps_and_leave_pauses_out(monkeypatch):
+    from diffusers_repa import training_utils
+    from diffusers_repa.training_utils import StepMetrics
+
+    clock = iter([0.0, 10.0, 14.0, 20.0])  # start, pause begins, pause ends, pop
+    monkeypatch.setattr(training_utils.time, "perf_counter", lambda: next(clock))
+    metrics = StepMetrics(torch.device("cpu"))
+    for loss, grad_norm in ((1.0, 2.0), (3.0, 4.0)):
+        for micro in (loss - 0.5, loss + 0.5):  # two micro-steps
+            metrics.add_micro_step(torch.tensor([micro, micro / 2, -0.1]), accumulation_steps=2)
+        metrics.add_step(torch.tensor(grad_norm))
+    with metrics.paused():
+        pass
+    logs = metrics.pop(global_batch_size=8)
+    assert logs == pytest.approx(
+        {"loss": 2.0, "denoising_loss": 1.0, "projection_loss": -0.1, "grad_norm": 3.0, "images_per_second": 1.0}
+    )  # 2 steps x 8 images in 20 s minus the 4 s pause
+    assert metrics.steps == 0 and torch.equal(metrics.sums, torch.zeros(4))
+
+
+def test_per_process_batch_size_and_validation_labels():
+    from diffusers_repa.training_utils import per_process_batch_size, validation_labels
+
+    assert per_process_batch_size(256, 8, 2) == 16
+    with pytest.raises(ValueError, match=r"--batch_size 6 \(global\) must be divisible .* = 4"):
+        per_process_batch_size(6, 2, 2)
+    assert validation_labels(None, 1000) == (0, 143, 285, 428, 571, 714, 856, 999)
+    assert validation_labels(None, 3) == (0, 1, 2) and validation_labels([2, 0], 3) == (2, 0)
+    with pytest.raises(ValueError, match=r"\[3\] are not class ids in \[0, 2\]"):
+        validation_labels([0, 3], 3)

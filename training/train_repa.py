@@ -76,7 +76,6 @@ from diffusers_repa.training_utils import (
     tracker_config,
     training_dataloader,
     use_fused_optimizer,
-    validation_labels,
     write_json_atomically,
 )
 
@@ -278,6 +277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.set_defaults(**read_config_file(parser, config_args.config))
     args = parser.parse_args(argv)
 
+    check_option_ranges(parser, args)
     if (args.dataset_name is None) == (args.train_data_dir is None):
         parser.error("pass exactly one of --dataset_name and --train_data_dir.")
     if args.proj_coeff > 0 and not encoder_names(args.encoder):
@@ -292,7 +292,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--fid_steps needs --fid_reference (an ADM reference .npz, or a dataset to build one from).")
     if args.cknna_steps and args.proj_coeff == 0:
         parser.error("--cknna_steps measures the alignment with the --encoder's features: it needs --proj_coeff > 0.")
-    check_option_ranges(parser, args)
     return args
 
 
@@ -445,25 +444,20 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
     set_seed(args.seed + accelerator.process_index)  # the training randomness differs per process, as officially
     spec = PipelineSpec(vae, data.id2label, args.latent_scale if data.latent else 1.0,
                         args.latent_shift if data.latent else 0.0, args.path_type)  # fmt: skip
-    validation = ValidationSettings(
-        validation_labels(args.validation_class_labels, data.num_classes),
-        args.validation_num_inference_steps, args.validation_guidance_scale, args.seed,
-    )  # fmt: skip
+    validation = ValidationSettings.from_args(args, data.num_classes)
     evaluation = TrainingEvaluation.from_args(args, data, dataset, targets, accelerator)
     ema, trainable, optimizer, lr_scheduler = prepare_for_training(args, transformer, projector, accelerator)
     register_checkpoint_hooks(accelerator, ema, lora)
     train_dataloader = training_dataloader(
         dataset, args.resolution, args.image_column, args.label_column,
         ([MOMENTS_COLUMN] if data.latent else []) + (targets.columns if targets else []),
-        local_batch_size, args.seed, args.dataloader_num_workers,
+        local_batch_size, args.seed, args.dataloader_num_workers, accelerator.num_processes,
     )  # fmt: skip
     models = [transformer] if projector is None else [transformer, projector]
     *models, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         *models, optimizer, train_dataloader, lr_scheduler
     )
     transformer, projector = models[0], (models[1] if projector is not None else None)
-    if len(train_dataloader) == 0:
-        raise ValueError(f"The dataset has {len(dataset)} images, fewer than one batch per process.")
 
     if accelerator.is_main_process:
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config(args))
@@ -495,6 +489,13 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
         if push and args.push_checkpoints_to_hub and accelerator.is_main_process:
             uploads.push(guard.last_checkpoint, state.global_step)
         return guard.last_checkpoint
+
+    def log_metrics(proj_coeff: float) -> None:
+        """The means since the last logging step to the trackers (reading them is the loop's only host sync)."""
+        guard.raise_if_any(state.global_step)
+        logs = {**metrics.pop(args.batch_size), "lr": lr_scheduler.get_last_lr()[0], "proj_coeff": proj_coeff}
+        accelerator.log({**logs, **skipped.as_dict()} if skipped.total else logs, step=state.global_step)
+        progress_bar.set_postfix(loss=f"{logs['loss']:.4f}", proj=f"{logs['projection_loss']:.4f}")
 
     logger.info("***** Running training *****")
     logger.info(f"  Examples = {len(dataset)}, batches per epoch and process = {len(train_dataloader)}")
@@ -550,12 +551,8 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
             progress_bar.update(1)
             # 6. Log, checkpoint, validate, evaluate.
             stopping = stop.should_stop(accelerator)  # the same answer on every process
-            finished = stopping or state.global_step >= args.max_train_steps
-            if state.global_step % args.logging_steps == 0 or finished:
-                guard.raise_if_any(state.global_step)
-                logs = {**metrics.pop(args.batch_size), "lr": lr_scheduler.get_last_lr()[0], "proj_coeff": proj_coeff}
-                accelerator.log({**logs, **skipped.as_dict()} if skipped.total else logs, step=state.global_step)
-                progress_bar.set_postfix(loss=f"{logs['loss']:.4f}", proj=f"{logs['projection_loss']:.4f}")
+            if state.global_step % args.logging_steps == 0:
+                log_metrics(proj_coeff)
             with metrics.paused():
                 if state.global_step % args.checkpointing_steps == 0:
                     checkpoint(push=True)
@@ -565,13 +562,14 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
                 if not stopping and any(evaluation.due(state.global_step)):
                     guard.raise_if_any(state.global_step)
                     evaluation.run(accelerator, transformer, ema, spec, state.global_step)
-            if finished:
+            if stopping or state.global_step >= args.max_train_steps:
                 break
         if stopping:
             break
         epoch += 1
     progress_bar.close()
-    guard.raise_if_any(state.global_step)
+    if metrics.steps:  # the steps since the last logging step
+        log_metrics(proj_coeff_at(state.global_step - 1))
     if stopping:  # SIGTERM/SIGINT/SIGUSR1: the step is complete; save it, so that a re-queued job loses nothing
         last = guard.last_checkpoint
         if last is None or last.name != f"checkpoint-{state.global_step}":

@@ -56,7 +56,7 @@ import torch
 
 from .data import ImageTransform, load_image_dataset, load_rgb_image, sample_posterior
 from .models import REPAProjector, SiTTransformer2DModel
-from .pipeline_repa import REPAPipeline
+from .pipeline_repa import REPAPipeline, shift_factor_from_latent_shift
 from .schedulers import SiTEulerMaruyamaScheduler, SiTEulerScheduler
 from .utils import write_json_atomically
 
@@ -917,12 +917,18 @@ def training_dataloader(
     batch_size: int,
     seed: int,
     num_workers: int,
+    num_processes: int = 1,
 ) -> torch.utils.data.DataLoader:
     """
     The training `DataLoader`: [`TrainingBatches`] of `batch_size` (per process and micro-step) in the order of an
     [`EpochShuffleSampler`], full batches only. Its workers ignore stop signals (the main process handles them) and
-    are seeded apart from the global RNG.
+    are seeded apart from the global RNG. A dataset smaller than one batch per process stops here.
     """
+    if len(dataset) < batch_size * num_processes:
+        raise ValueError(
+            f"The dataset has {len(dataset)} images, fewer than one batch of {batch_size} for each of the "
+            f"{num_processes} processes: lower --batch_size."
+        )
     return torch.utils.data.DataLoader(
         TrainingBatches(dataset, ImageTransform(resolution, image_column, label_column), array_columns),
         batch_size=batch_size,
@@ -1218,7 +1224,9 @@ def use_fused_optimizer(device: torch.device) -> bool:
 class PipelineSpec:
     r"""
     What turns a trained transformer into a [`REPAPipeline`]: the VAE (None in pixel space), the class names, the
-    latent scale and shift (pixel-space models get 1 and 0: pixels in [-1, 1]) and the flow path.
+    trainer's latent scale and encode-side shift (the model sees `z * latent_scale + latent_shift`; the pipeline
+    stores diffusers' `shift_factor = -latent_shift / latent_scale`; pixel-space models get 1 and 0: pixels in
+    [-1, 1]) and the flow path.
     """
 
     vae: "AutoencoderKL | None"
@@ -1236,7 +1244,7 @@ class PipelineSpec:
             vae=self.vae,
             id2label=self.id2label,
             latent_scale=self.latent_scale,
-            latent_shift=self.latent_shift,
+            shift_factor=shift_factor_from_latent_shift(self.latent_shift, self.latent_scale),
         )
 
 
@@ -1248,6 +1256,12 @@ class ValidationSettings:
     num_inference_steps: int = 50
     guidance_scale: float = 4.0
     seed: int = 0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, num_classes: int) -> "ValidationSettings":
+        """`train_repa.py`'s `--validation_*` options (the classes checked against `num_classes`) and `--seed`."""
+        labels = validation_labels(args.validation_class_labels, num_classes)
+        return cls(labels, args.validation_num_inference_steps, args.validation_guidance_scale, args.seed)
 
 
 def validation_labels(requested: Sequence[int] | None, num_classes: int) -> tuple[int, ...]:
@@ -1581,7 +1595,8 @@ class TrainingEvaluation:
             if accelerator.is_main_process:
                 fid = FIDMonitor.from_source(
                     args.fid_reference, cache_dir=args.output_dir, resolution=args.resolution,
-                    split=args.fid_reference_split, num_images=args.fid_reference_num_images, reference_seed=args.seed,
+                    split=args.fid_reference_split, num_images=args.fid_reference_num_images,
+                    reference_seed=args.seed if args.fid_reference_num_images else None,
                     device=accelerator.device, dataset_cache_dir=args.cache_dir, **settings,
                 )  # fmt: skip
             else:  # the other processes only sample their share
