@@ -450,3 +450,16 @@ def test_evaluate_alignment_reads_shift_factor_and_the_old_latent_shift(repa_tin
     index_file.write_text(json.dumps({**index, "latent_shift": 0.75}))
     _, info = load_model(parse_args(argv))
     assert (info["latent_scale"], info["latent_shift"]) == (0.5, 0.75)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 6. CLI vocabulary (sample and convert: tests/test_sample.py, tests/test_convert.py)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_reference_takes_dataset_split_like_the_trainer():
+    from diffusers_repa.evaluate import parse_reference_args
+
+    common = ["--source", "data", "--output", "ref.npz", "--resolution", "32"]
+    new = parse_reference_args([*common, "--dataset_split", "test"])
+    assert new.dataset_split == "test" and vars(new) == vars(parse_reference_args([*common, "--split", "test"]))

@@ -3,7 +3,7 @@
 
 ```bash
 # once: a reference batch (images + Inception statistics) from a dataset split, center-cropped like the training data
-python -m diffusers_repa.evaluate reference --source training/data/fashion-mnist --split test --resolution 32 \\
+python -m diffusers_repa.evaluate reference --source training/data/fashion-mnist --dataset_split test --resolution 32 \\
     --output fmnist-test-ref.npz
 # each evaluation: a sample batch (`python -m diffusers_repa.sample npz ...`) against it
 python -m diffusers_repa.evaluate --samples samples.npz --reference fmnist-test-ref.npz --output_json metrics.json
@@ -65,7 +65,9 @@ def parse_reference_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--source", required=True, help="Dataset folder, Hub dataset id, or image folder.")
     parser.add_argument("--output", required=True, help="Reference .npz to write.")
     parser.add_argument("--resolution", type=int, required=True, help="Center-crop side: the samples' resolution.")
-    parser.add_argument("--split", default="train", help="Dataset split (default: train).")
+    parser.add_argument(
+        "--dataset_split", "--split", default="train", help="Dataset split (default: train; --split: old name)."
+    )
     parser.add_argument("--num_images", type=int, default=None, help="Use only this many images.")
     parser.add_argument("--seed", type=int, default=None, help="Shuffle with this seed before --num_images.")
     parser.add_argument("--image_column", default=None, help="Image column (default: 'image' or the only one).")
@@ -129,7 +131,7 @@ def run_reference(args: argparse.Namespace, network=None) -> None:
         args.source,
         args.output,
         resolution=args.resolution,
-        split=args.split,
+        split=args.dataset_split,
         num_images=args.num_images,
         image_column=args.image_column,
         seed=args.seed,
