@@ -1,100 +1,232 @@
-"""Sampling speed of REPAPipeline per scheduler: official-equivalent mode against faster modes.
+"""Sampling speed at the paper's settings: REPAPipeline exact and fast modes against the official samplers.
 
-Modes:
-* `official`: float64 integration state, float32 model (what the official samplers do, and the default);
-* `fp32-state`: float32 state, float32 model;
-* `bf16-model`: float32 state, bfloat16 model (time and labels stay exact; see pitfall 13 of the REPA notes).
+Settings (guidance 1.8 on t <= 0.7, as the paper's FID run): the SDE sampler with 250 steps (`sde`, the FID 1.42
+setting) and Heun with 50 steps (`heun`). Candidates, in the same process on the same model weights and the same
+initial noise:
 
-Models are randomly initialised (speed does not depend on the weights): a tiny SiT (8x8 latents) and SiT-B/2 at
-256 px (32x32x4 latents). Timings are of the transformer + scheduler loop (`output_type="latent"`, no VAE decode),
-guidance 1.8 on t in [0, 0.7] as the paper; one warm-up run, then the best of `--repeats` runs.
+* `official`: the official `euler_maruyama_sampler` / `euler_sampler(heun=True)` and `SiT` imported from
+  `--official_dir` (a clone of github.com/sihyun-yu/REPA), float32 model as its `generate.py` runs it (TF32 on);
+* `exact`: `REPAPipeline(...)` with the default `fast=False` (float64 state, the model in float32);
+* `fast`: `REPAPipeline(..., fast=True)`: float32 state, bf16 autocast on CUDA (float32 on CPU), no host syncs;
+* `fast_compiled` (CUDA, `--compile`): `fast` after `transformer.compile_repeated_blocks(fullgraph=True)`.
+
+The official SDE draws its noise from the global generator; ours from a generator seeded the same, so both see the
+same noise and the table reports the relative L2 difference of the final latents (`exact` vs `official`, and
+`fast` vs `exact`). Weights are random but perturbed away from the adaLN-zero init, so the samples are not trivial.
+Only the transformer + sampler loop is timed (`output_type="latent"`, no VAE decode).
+
+Sizes: `--tiny` (CPU: a 5-block SiT of width 96 on 8x8x4 latents, batch 8) or the real one (SiT-XL/2 at 256 px,
+batch 64, about 3 minutes on one H100/H200). On CPU the candidates are timed interleaved (best of `--repeats`); on
+CUDA once each after a short warm-up.
 
 ```bash
-python benchmarks/bench_sampling.py            # tiny + SiT-B/2 (a few minutes on 2 CPU cores)
-python benchmarks/bench_sampling.py --tiny     # tiny only (seconds)
+python benchmarks/bench_sampling.py --tiny --official_dir /tmp/official-repa
+python benchmarks/bench_sampling.py --official_dir /tmp/official-repa               # GPU, real size
+python benchmarks/bench_sampling.py --official_dir /tmp/official-repa --samplers sde --modes fast --compile
 ```
+Prints a Markdown table and one `JSON {...}` line.
 """
 
 import argparse
+import copy
 import time
+from collections.abc import Callable
 
 import torch
+from bench_common import (
+    best_times,
+    environment,
+    load_official,
+    model_sizes,
+    official_commit,
+    official_sit,
+    our_sit,
+    print_json,
+    print_table,
+    relative_l2,
+    time_once,
+)
 from diffusers.utils import logging
 
-from diffusers_repa import (
-    REPAPipeline,
-    SiTEulerMaruyamaScheduler,
-    SiTEulerScheduler,
-    SiTHeunScheduler,
-    SiTTransformer2DModel,
-)
+from diffusers_repa import REPAPipeline, SiTEulerMaruyamaScheduler, SiTHeunScheduler, SiTTransformer2DModel
+from diffusers_repa.convert import official_to_diffusers_state_dict
 
-SCHEDULERS = {"sde": SiTEulerMaruyamaScheduler, "euler": SiTEulerScheduler, "heun": SiTHeunScheduler}
-MODES = {  # name -> (state dtype, model dtype)
-    "official": ("float64", torch.float32),
-    "fp32-state": ("float32", torch.float32),
-    "bf16-model": ("float32", torch.bfloat16),
-}
+SAMPLERS = {"sde": (SiTEulerMaruyamaScheduler, 250), "heun": (SiTHeunScheduler, 50)}
+MODES = ("official", "exact", "fast")
+GUIDANCE_SCALE, GUIDANCE_INTERVAL = 1.8, (0.0, 0.7)
 
 
-def build(size: str) -> SiTTransformer2DModel:
+def build_models(off, tiny: bool, device: torch.device) -> tuple[torch.nn.Module, SiTTransformer2DModel]:
+    """The official SiT (random, perturbed away from the adaLN-zero init) and ours with the same weights."""
+    s = model_sizes(tiny)
     torch.manual_seed(0)
-    if size == "tiny":
-        return SiTTransformer2DModel(
-            sample_size=8, num_layers=5, num_attention_heads=6, attention_head_dim=16, alignment_depth=3
-        ).eval()
-    return SiTTransformer2DModel.from_preset("SiT-B/2", sample_size=32, alignment_depth=4).eval()
+    with device:
+        official = official_sit(off, s).eval()
+        with torch.no_grad():
+            for name, parameter in official.named_parameters():
+                if name != "pos_embed":
+                    parameter.add_(torch.randn_like(parameter) * 0.02)
+        ours = our_sit(s).eval()
+    ours.load_state_dict(official_to_diffusers_state_dict(official.state_dict(), s["depth"]), strict=True)
+    return official, ours
 
 
-def time_run(pipeline: REPAPipeline, batch_size: int, steps: int, repeats: int) -> tuple[float, int]:
+def count_calls(module: torch.nn.Module, fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
     calls = []
-    handle = pipeline.transformer.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
-    call = {"class_labels": list(range(batch_size)), "num_inference_steps": steps, "output_type": "latent"}
+    handle = module.register_forward_pre_hook(lambda m, args: calls.append(1))
     try:
-        pipeline(**call, generator=torch.manual_seed(0))  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            calls.clear()
-            start = time.perf_counter()
-            pipeline(**call, generator=torch.manual_seed(0))
-            best = min(best, time.perf_counter() - start)
+        return fn(), len(calls)
     finally:
         handle.remove()
-    return best, len(calls)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="only the tiny model")
-    parser.add_argument("--batch_size", type=int, default=2)
-    parser.add_argument("--tiny_steps", type=int, default=20)
-    parser.add_argument("--base_steps", type=int, default=4, help="steps for SiT-B/2 (few, to keep it short)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (best is kept)")
+    parser.add_argument("--official_dir", required=True, help="a clone of github.com/sihyun-yu/REPA")
+    parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU")
+    parser.add_argument("--batch_size", type=int, default=None, help="default: 8 tiny, 64 real")
+    parser.add_argument("--samplers", default="sde,heun", help="subset of sde,heun")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
+    parser.add_argument("--compile", action="store_true", help="CUDA: add fast_compiled (compile_repeated_blocks)")
+    parser.add_argument("--steps", type=int, default=None, help="override the steps of every sampler (quick checks)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per candidate (default: 5 CPU, 1 CUDA)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sequential", action="store_true", help="time one candidate after another (the CUDA way) on the CPU too"
+    )
     args = parser.parse_args()
-    logging.set_verbosity_error()  # casting the bare model to bf16 warns about fp32 modules it does not have
+    samplers = [name for name in args.samplers.split(",") if name]
+    modes = [name for name in args.modes.split(",") if name]
+    if set(samplers) - set(SAMPLERS) or set(modes) - set(MODES):
+        parser.error(f"--samplers must be a subset of {','.join(SAMPLERS)} and --modes of {','.join(MODES)}")
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    if args.compile and device.type != "cuda":
+        parser.error("--compile is for the CUDA run (inductor on CPU is slower to build than the runs it speeds up)")
+    if args.compile:
+        modes.append("fast_compiled")
+    batch = args.batch_size or (8 if args.tiny else 64)
+    repeats = args.repeats or (5 if device.type == "cpu" else 1)
+    logging.set_verbosity_error()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # generate.py's default --tf32
+    off = load_official(args.official_dir)
+    official_model, transformer = build_models(off, args.tiny, device)
+    size = transformer.config.sample_size
+    generator = torch.Generator().manual_seed(args.seed)
+    latents = torch.randn(batch, 4, size, size, generator=generator).to(device)
+    labels = torch.randint(0, 1000, (batch,), generator=generator).to(device)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}")
-    print("| model | scheduler | steps | model calls | mode | s / run | images / s | vs official |")
-    print("|---|---|---|---|---|---|---|---|")
-    for size in ["tiny"] if args.tiny else ["tiny", "SiT-B/2"]:
-        base = build(size)
-        steps = args.tiny_steps if size == "tiny" else args.base_steps
-        for name, scheduler_cls in SCHEDULERS.items():
-            official_rate = None
-            for mode, (state_dtype, model_dtype) in MODES.items():
-                transformer = base.to(model_dtype)
-                pipeline = REPAPipeline(transformer, scheduler_cls(state_dtype=state_dtype), latent_scale=1.0)
-                pipeline.set_progress_bar_config(disable=True)
-                seconds, calls = time_run(pipeline, args.batch_size, steps, args.repeats)
-                rate = args.batch_size / seconds
-                official_rate = official_rate or rate
-                print(
-                    f"| {size} | {name} | {steps} | {calls} | {mode} | {seconds:.3f} | {rate:.2f} "
-                    f"| {rate / official_rate:.2f}x |",
-                    flush=True,
-                )
-            base = base.to(torch.float32)
+    compiled = None
+    if "fast_compiled" in modes:  # a copy, so that the other candidates keep the eager model
+        compiled = copy.deepcopy(transformer)
+        start = time.perf_counter()
+        compiled.compile_repeated_blocks(fullgraph=True)
+        compile_call_s = time.perf_counter() - start
+
+    results, rows = {}, []
+    for sampler in samplers:
+        scheduler_cls, default_steps = SAMPLERS[sampler]
+        steps = args.steps or default_steps
+        pipeline = REPAPipeline(transformer, scheduler_cls(), latent_scale=1.0)
+        pipeline.set_progress_bar_config(disable=True)
+        compiled_pipeline = REPAPipeline(compiled, scheduler_cls(), latent_scale=1.0) if compiled else None
+        if compiled_pipeline is not None:
+            compiled_pipeline.set_progress_bar_config(disable=True)
+
+        def official(steps=steps, sampler=sampler) -> torch.Tensor:
+            torch.manual_seed(args.seed)  # the official SDE draws from the global generator of the device
+            kwargs = dict(
+                num_steps=steps,
+                cfg_scale=GUIDANCE_SCALE,
+                guidance_low=GUIDANCE_INTERVAL[0],
+                guidance_high=GUIDANCE_INTERVAL[1],
+                path_type="linear",
+            )
+            with torch.no_grad():
+                if sampler == "sde":
+                    return off.euler_maruyama_sampler(official_model, latents, labels, **kwargs)
+                return off.euler_sampler(official_model, latents, labels, heun=True, **kwargs)
+
+        def ours(fast: bool, steps=steps, pipeline=pipeline) -> torch.Tensor:
+            return pipeline(
+                labels,
+                num_inference_steps=steps,
+                guidance_scale=GUIDANCE_SCALE,
+                guidance_interval=GUIDANCE_INTERVAL,
+                latents=latents,
+                output_type="latent",
+                fast=fast,
+                generator=torch.Generator(device).manual_seed(args.seed),
+            ).images
+
+        candidates = {
+            "official": official,
+            "exact": lambda: ours(False),
+            "fast": lambda: ours(True),
+            "fast_compiled": lambda p=compiled_pipeline: ours(True, pipeline=p),
+        }
+        models = {"official": official_model, "exact": transformer, "fast": transformer, "fast_compiled": compiled}
+        candidates = {name: candidates[name] for name in modes}
+        outputs, calls = {}, {}
+        for name, fn in candidates.items():  # one untimed run each: outputs, call counts, warm-up (and compiling)
+            start = time.perf_counter()
+            outputs[name], calls[name] = count_calls(models[name], fn)
+            if name == "fast_compiled":
+                results[f"{sampler}/first_compiled_run_s"] = time.perf_counter() - start + compile_call_s
+        if device.type == "cpu" and not args.sequential:
+            seconds = best_times(candidates, device, repeats, warmup=0)
+        else:
+            seconds = {name: min(time_once(fn, device) for _ in range(repeats)) for name, fn in candidates.items()}
+        reference = {"official": None, "exact": "official", "fast": "exact", "fast_compiled": "exact"}
+        for name in candidates:
+            rate = batch / seconds[name]
+            against = reference[name] if reference[name] in outputs else None
+            record = {
+                "steps": steps,
+                "model_calls": calls[name],
+                "s_per_batch": seconds[name],
+                "images_per_s": rate,
+                "vs_official": rate * seconds["official"] / batch if "official" in seconds else None,
+                "rel_l2_vs": against,
+                "rel_l2": relative_l2(outputs[name], outputs[against]) if against else None,
+            }
+            results[f"{sampler}/{name}"] = record
+            rows.append(
+                [
+                    sampler,
+                    steps,
+                    name,
+                    calls[name],
+                    seconds[name],
+                    rate,
+                    record["vs_official"],
+                    f"{record['rel_l2']:.2e} vs {against}" if against else "-",
+                ]
+            )
+
+    env = environment(device)
+    print(
+        f"{env['device']}, torch {env['torch']}, {env['torch_threads']} threads, batch {batch}, "
+        f"{'tiny SiT' if args.tiny else 'SiT-XL/2'}, guidance {GUIDANCE_SCALE} on t <= {GUIDANCE_INTERVAL[1]}, "
+        f"best of {repeats}, load {env.get('load_average')}"
+    )
+    print_table(
+        ["sampler", "steps", "mode", "model calls", "s / batch", "images / s", "vs official", "final latents rel. L2"],
+        rows,
+    )
+    print_json(
+        {
+            "bench": "sampling",
+            "tiny": args.tiny,
+            "batch": batch,
+            "repeats": repeats,
+            "env": env,
+            "official_commit": official_commit(args.official_dir),
+            "results": results,
+        }
+    )
 
 
 if __name__ == "__main__":
+    start = time.perf_counter()
     main()
+    print(f"wall {time.perf_counter() - start:.0f} s")

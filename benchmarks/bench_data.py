@@ -1,0 +1,267 @@
+"""Data-path speed of REPA training from prepared latents: can the loader keep the GPU fed?
+
+What one training step needs from the data path, for `--batch_size` images at 256 px:
+
+1. **loader** (in `--num_workers` worker processes): read the prepared rows (ADM crop as PNG, VAE posterior
+   `moments` (8, 32, 32) float32, label), decode the PNG to a uint8 (3, 256, 256) tensor, collate;
+2. **main process**: draw the latent from the posterior (`sample_posterior`) and make the encoder input from the
+   uint8 crops (`AlignmentEncoder.preprocess`: /255, ImageNet normalisation, bicubic resize to 224). In GPU training
+   this runs on the GPU; here it is timed on the CPU, in one thread, as an upper bound.
+
+Ours is the trainer's loader (`training_dataloader` of `diffusers_repa.training_utils`, or the `TrainingBatches`
+of `training/train_repa.py` where that is absent) on a dataset written as `training/prepare_latents.py` writes it (a
+parquet shard: PNG crops with PIL's default compression, `moments`, `label`), loaded with `load_image_dataset`.
+With `--official_dir`, the official `CustomDataset` reads the same images in its layout (uncompressed PNG files and
+`.npy` posteriors, as its `preprocessing/dataset_tools.py` writes them) with the official `DataLoader` settings
+(shuffle, pinned memory), for a ratio.
+
+The images are synthetic (smooth random colour fields plus noise, so that PNG compresses them like photos). The
+table ends with what the measured rate means for a GPU step at 528 images/s (our compiled SiT-XL/2 step on one
+H200) and at twice the official 323 images/s.
+
+```bash
+python benchmarks/bench_data.py --tiny --official_dir /tmp/official-repa   # 256 images, batch 32 (seconds)
+python benchmarks/bench_data.py --official_dir /tmp/official-repa          # 3072 images, batch 256 (minutes)
+```
+Prints a Markdown table and one `JSON {...}` line.
+"""
+
+import argparse
+import importlib.util
+import io
+import itertools
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from bench_common import environment, load_official, official_commit, print_json, print_table
+from PIL import Image
+
+from diffusers_repa.alignment import AlignmentEncoder
+from diffusers_repa.data import ImageTransform, load_image_dataset, sample_posterior
+
+REPO = Path(__file__).resolve().parents[1]
+RESOLUTION, LATENT = 256, 32
+GPU_STEP_RATES = {"our compiled SiT-XL/2 step (H200)": 528.0, "2x the official step (2 x 323)": 646.0}
+
+
+def synthetic_images(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        smooth = np.asarray(coarse.resize((RESOLUTION, RESOLUTION), Image.BICUBIC), dtype=np.int16)
+        noisy = smooth + rng.integers(-6, 7, smooth.shape, dtype=np.int16)
+        images.append(noisy.clip(0, 255).astype(np.uint8))
+    return images
+
+
+def png(image: np.ndarray, compress_level: int | None) -> bytes:
+    buffer = io.BytesIO()
+    kwargs = {} if compress_level is None else {"compress_level": compress_level, "optimize": False}
+    Image.fromarray(image).save(buffer, format="PNG", **kwargs)
+    return buffer.getvalue()
+
+
+def write_ours(root: Path, images: list[np.ndarray], moments: np.ndarray, labels: np.ndarray) -> Path:
+    """A prepared dataset as `prepare_latents.py` writes it: `data/train-00000.parquet`."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(num_classes=1000),
+            "moments": datasets.Array3D(moments.shape[1:], "float32"),
+        }
+    )
+    table = datasets.Dataset.from_dict(
+        {
+            "image": [{"bytes": png(image, None), "path": None} for image in images],
+            "label": labels.tolist(),
+            "moments": list(moments),
+        },
+        features=features,
+    )
+    (root / "data").mkdir(parents=True)
+    table.to_parquet(str(root / "data" / "train-00000.parquet"))
+    return root
+
+
+def write_official(root: Path, images: list[np.ndarray], moments: np.ndarray, labels: np.ndarray) -> Path:
+    """The official layout: `images/00000/img00000000.png` (uncompressed) and `vae-sd/.../img-mean-std-*.npy`."""
+    entries = []
+    for index, image in enumerate(images):
+        name = f"{index:08d}"
+        image_file = root / "images" / name[:5] / f"img{name}.png"
+        feature_file = root / "vae-sd" / name[:5] / f"img-mean-std-{name}.npy"
+        image_file.parent.mkdir(parents=True, exist_ok=True)
+        feature_file.parent.mkdir(parents=True, exist_ok=True)
+        image_file.write_bytes(png(image, 0))
+        np.save(feature_file, moments[index])
+        entries.append([f"{name[:5]}/img-mean-std-{name}.npy", int(labels[index])])
+    (root / "vae-sd" / "dataset.json").write_text(json.dumps({"labels": entries}))
+    return root
+
+
+def our_loader(dataset, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
+    try:
+        from diffusers_repa.training_utils import training_dataloader
+    except ImportError:  # older layout: the loader pieces live in the training script
+        spec = importlib.util.spec_from_file_location("train_repa", REPO / "training" / "train_repa.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        return torch.utils.data.DataLoader(
+            script.TrainingBatches(dataset, ImageTransform(RESOLUTION, "image", "label"), ["moments"]),
+            batch_size=batch_size,
+            sampler=script.EpochShuffleSampler(len(dataset), 0),
+            drop_last=True,
+            collate_fn=script.collate_batch,
+            num_workers=num_workers,
+        )
+    return training_dataloader(
+        dataset, RESOLUTION, "image", "label", ["moments"], batch_size, seed=0, num_workers=num_workers
+    )
+
+
+def dinov2_input() -> AlignmentEncoder:
+    """An AlignmentEncoder set up as DINOv2-B at 256 px (its network is never run here: only `preprocess`)."""
+    return AlignmentEncoder(
+        torch.nn.Linear(1, 1),
+        name="dinov2-b-input",
+        resolution=RESOLUTION,
+        input_size=224,
+        grid_size=16,
+        embed_dim=768,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        num_prefix_tokens=1,
+        normalize_before_resize=True,
+    )
+
+
+def loader_rate(loader, batches: int, main_work=None) -> tuple[float, float]:
+    """
+    (images/s over `batches` batches, seconds to the first batch). The time runs from creating the iterator (worker
+    start-up included) to the last batch, so that batches the workers prefetched during start-up are not free.
+    """
+    start = time.perf_counter()
+    first, count = None, 0
+    for batch in itertools.islice(loader, batches):
+        first = first or time.perf_counter() - start
+        images = batch["pixel_values"] if isinstance(batch, dict) else batch[0]
+        if main_work is not None:
+            main_work(batch)
+        count += len(images)
+    return count / (time.perf_counter() - start), first
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="8 batches of 32 images")
+    parser.add_argument("--official_dir", default=None, help="a clone of github.com/sihyun-yu/REPA (optional)")
+    parser.add_argument("--batch_size", type=int, default=None, help="default: 32 tiny, 256 real")
+    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=None, help="timed batches per loader (default: 8 tiny, 12)")
+    args = parser.parse_args()
+    batch = args.batch_size or (32 if args.tiny else 256)
+    args.batches = args.batches or (8 if args.tiny else 12)
+    count = batch * args.batches
+    torch.manual_seed(0)
+    images = synthetic_images(count)
+    rng = np.random.default_rng(1)
+    moments = np.concatenate(
+        [rng.standard_normal((count, 4, LATENT, LATENT)), rng.uniform(0.0, 0.1, (count, 4, LATENT, LATENT))], axis=1
+    ).astype(np.float32)
+    labels = rng.integers(0, 1000, count)
+    off = load_official(args.official_dir) if args.official_dir else None
+    encoder_input = dinov2_input()
+
+    def main_process_work(data: dict[str, Any] | tuple) -> None:
+        if isinstance(data, dict):
+            sample_posterior(data["moments"], 0.18215)
+            encoder_input.preprocess(data["pixel_values"])
+        else:  # the official batch (raw_image, moments, label), as its train.py uses it
+            off.sample_posterior(data[1], latents_scale=0.18215)
+            off.preprocess_raw_image(data[0], "dinov2-vit-b")
+
+    results: dict[str, Any] = {}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = load_image_dataset(dataset_name=str(write_ours(Path(tmp, "ours"), images, moments, labels)))
+        png_kib = sum(len(row["bytes"]) for row in dataset["image"][:64]) / 64 / 1024
+        candidates = {}
+        for workers in sorted({0, args.num_workers}):
+            candidates[f"ours, {workers} workers"] = lambda w=workers: our_loader(dataset, batch, w)
+        if off is not None:
+            official_root = write_official(Path(tmp, "official"), images, moments, labels)
+            official_dataset = off.CustomDataset(str(official_root))
+            for workers in sorted({0, args.num_workers}):
+                candidates[f"official, {workers} workers"] = lambda w=workers: torch.utils.data.DataLoader(
+                    official_dataset,
+                    batch_size=batch,
+                    shuffle=True,
+                    num_workers=w,
+                    pin_memory=torch.cuda.is_available(),
+                    drop_last=True,
+                )
+        for name, make in candidates.items():
+            rate, first = loader_rate(make(), args.batches)
+            full_rate, _ = loader_rate(make(), args.batches, main_process_work)
+            results[name] = {"loader_images_per_s": rate, "first_batch_s": first, "with_main_process_work": full_rate}
+        # The main-process work alone, on one batch.
+        sample = next(iter(our_loader(dataset, batch, 0)))
+        start = time.perf_counter()
+        for _ in range(3):
+            main_process_work(sample)
+        results["main_process_work_images_per_s"] = 3 * batch / (time.perf_counter() - start)
+
+    for name, record in results.items():
+        if isinstance(record, dict):
+            rows.append(
+                [name, record["loader_images_per_s"], record["with_main_process_work"], record["first_batch_s"]]
+            )
+    env = environment(torch.device("cpu"))
+    print(
+        f"{env['device']}, {env['cpu_count']} CPUs (load {env.get('load_average')}), torch {env['torch']}, "
+        f"batch {batch}, {args.batches} timed batches, 256 px crops (our PNGs {png_kib:.0f} KiB), "
+        f"posterior (8, 32, 32)"
+    )
+    print_table(
+        ["loader", "images / s", "images / s with posterior + encoder input (CPU, main process)", "first batch s"], rows
+    )
+    print(
+        f"posterior + encoder input alone (CPU, 1 thread): {results['main_process_work_images_per_s']:.0f} "
+        "images/s (on the GPU in GPU training)"
+    )
+    # One worker does the work of the in-process loader on one core; the 0-worker rate is the least disturbed by
+    # other load on a shared machine.
+    per_worker = results["ours, 0 workers"]["loader_images_per_s"]
+    needs = {}
+    for what, rate in GPU_STEP_RATES.items():
+        needs[what] = math.ceil(rate / per_worker)
+        print(
+            f"- {what}: {rate:.0f} images/s needs about {needs[what]} loader workers (free cores) "
+            f"at the {per_worker:.0f} images/s of one core measured here"
+        )
+    print_json(
+        {
+            "bench": "data",
+            "tiny": args.tiny,
+            "batch": batch,
+            "num_workers": args.num_workers,
+            "env": env,
+            "official_commit": official_commit(args.official_dir) if args.official_dir else None,
+            "png_kib": png_kib,
+            "results": results,
+            "workers_needed": needs,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
