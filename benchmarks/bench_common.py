@@ -8,6 +8,8 @@
 """
 
 import datetime
+import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -15,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import torch
@@ -39,7 +41,7 @@ def load_official(official_dir: str | os.PathLike) -> SimpleNamespace:
 
     Returns a namespace with `SiT`, `SiT_models`, `euler_sampler`, `euler_maruyama_sampler`, `SILoss`, `update_ema`,
     `sample_posterior`, `preprocess_raw_image` and `CustomDataset`. `train.py` needs its own requirements
-    (accelerate, wandb, timm, torchvision, diffusers) to import.
+    (accelerate, timm, torchvision, diffusers) to import; wandb is stubbed where it is missing.
 
     Raises:
         `ValueError`: when `official_dir` is not such a clone.
@@ -53,9 +55,12 @@ def load_official(official_dir: str | os.PathLike) -> SimpleNamespace:
         )
     saved = {name: sys.modules.pop(name) for name in list(sys.modules) if name.split(".")[0] in _OFFICIAL_TOP_LEVEL}
     sys.path.insert(0, str(root))
+    # `train.py` imports wandb at the top but uses it only in `main()`: where it is not installed (e.g. a GPU
+    # machine's image), an empty module stands in, so that its helpers can be imported.
+    stub_wandb = importlib.util.find_spec("wandb") is None and "wandb" not in sys.modules
+    if stub_wandb:
+        sys.modules["wandb"] = ModuleType("wandb")
     try:
-        import importlib
-
         namespace = SimpleNamespace(root=root)
         for module_name, names in OFFICIAL_NAMES.items():
             module = importlib.import_module(module_name)
@@ -63,6 +68,8 @@ def load_official(official_dir: str | os.PathLike) -> SimpleNamespace:
                 setattr(namespace, name, getattr(module, name))
     finally:
         sys.path.remove(str(root))
+        if stub_wandb:
+            del sys.modules["wandb"]
         for name in [name for name in sys.modules if name.split(".")[0] in _OFFICIAL_TOP_LEVEL]:
             del sys.modules[name]
         sys.modules.update(saved)

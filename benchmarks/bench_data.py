@@ -68,7 +68,9 @@ def png(image: np.ndarray, compress_level: int | None) -> bytes:
     return buffer.getvalue()
 
 
-def write_ours(root: Path, images: list[np.ndarray], moments: np.ndarray, labels: np.ndarray) -> Path:
+def write_ours(
+    root: Path, images: list[np.ndarray], moments: np.ndarray, labels: np.ndarray, compress_level: int | None
+) -> Path:
     """A prepared dataset as `prepare_latents.py` writes it: `data/train-00000.parquet`."""
     import datasets
 
@@ -81,7 +83,7 @@ def write_ours(root: Path, images: list[np.ndarray], moments: np.ndarray, labels
     )
     table = datasets.Dataset.from_dict(
         {
-            "image": [{"bytes": png(image, None), "path": None} for image in images],
+            "image": [{"bytes": png(image, compress_level), "path": None} for image in images],
             "label": labels.tolist(),
             "moments": list(moments),
         },
@@ -166,6 +168,13 @@ def main() -> None:
     parser.add_argument("--official_dir", default=None, help="a clone of github.com/sihyun-yu/REPA (optional)")
     parser.add_argument("--batch_size", type=int, default=None, help="default: 32 tiny, 256 real")
     parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument(
+        "--png_compress_level",
+        type=int,
+        default=None,
+        choices=range(10),
+        help="PNG compression of our crops (default: PIL's, as prepare_latents.py writes them; 0 = the official's)",
+    )
     parser.add_argument("--batches", type=int, default=None, help="timed batches per loader (default: 8 tiny, 12)")
     args = parser.parse_args()
     batch = args.batch_size or (32 if args.tiny else 256)
@@ -192,7 +201,9 @@ def main() -> None:
     results: dict[str, Any] = {}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = load_image_dataset(dataset_name=str(write_ours(Path(tmp, "ours"), images, moments, labels)))
+        dataset = load_image_dataset(
+            dataset_name=str(write_ours(Path(tmp, "ours"), images, moments, labels, args.png_compress_level))
+        )
         png_kib = sum(len(row["bytes"]) for row in dataset["image"][:64]) / 64 / 1024
         candidates = {}
         for workers in sorted({0, args.num_workers}):
@@ -257,6 +268,7 @@ def main() -> None:
             "env": env,
             "official_commit": official_commit(args.official_dir) if args.official_dir else None,
             "png_kib": png_kib,
+            "png_compress_level": args.png_compress_level,
             "results": results,
             "workers_needed": needs,
         }
