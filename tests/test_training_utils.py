@@ -453,3 +453,15 @@ def test_per_process_batch_size_and_validation_labels():
     assert validation_labels(None, 3) == (0, 1, 2) and validation_labels([2, 0], 3) == (2, 0)
     with pytest.raises(ValueError, match=r"\[3\] are not class ids in \[0, 2\]"):
         validation_labels([0, 3], 3)
+
+
+def test_compile_blocks_compiles_the_repeated_blocks_or_refuses_in_one_sentence(monkeypatch):
+    from diffusers_repa import SiTTransformer2DModel
+    from diffusers_repa.training_utils import compile_blocks
+
+    calls = []
+    monkeypatch.setattr(SiTTransformer2DModel, "compile_repeated_blocks", lambda self, **kwargs: calls.append(kwargs))
+    compile_blocks(SiTTransformer2DModel.from_preset("SiT-S/8", sample_size=8, num_classes=2, alignment_depth=1))
+    assert calls == [{"fullgraph": True}]
+    with pytest.raises(ValueError, match=r"Linear declares none .* run without --torch_compile"):
+        compile_blocks(torch.nn.Linear(2, 2))

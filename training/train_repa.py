@@ -59,6 +59,7 @@ from diffusers_repa.training_utils import (
     check_option_ranges,
     checkpoint_contents,
     clean_sample,
+    compile_blocks,
     configure_logging,
     encoder_names,
     json_object,
@@ -371,8 +372,8 @@ def prepare_for_training(
         transformer.add_adapter(lora_config)
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
-    if args.torch_compile:  # each SiT block, as the measured fast path; the rest stays eager
-        transformer.compile_repeated_blocks(fullgraph=True)
+    if args.torch_compile:  # each SiT block (compile_repeated_blocks), as the measured fast path
+        compile_blocks(transformer)
     transformer.train()
     ema = None
     if args.lora_rank is None:  # constant decay (diffusers' default warms up over ~90k steps); update 1 copies W_1

@@ -1210,6 +1210,22 @@ def batch_is_empty(
     return False
 
 
+def compile_blocks(model: torch.nn.Module) -> None:
+    """
+    `--torch_compile`: compile each repeated block (diffusers' `compile_repeated_blocks(fullgraph=True)`, the fast
+    path of `benchmarks/`); the embeddings, the final layer and the loss stay eager. Refused in one sentence where
+    that cannot work, instead of failing inside the first step.
+    """
+    if not getattr(model, "_repeated_blocks", None) or not hasattr(model, "compile_repeated_blocks"):
+        raise ValueError(
+            f"--torch_compile compiles the repeated blocks of the model (diffusers' `compile_repeated_blocks`), but "
+            f"{type(model).__name__} declares none (`_repeated_blocks`): run without --torch_compile."
+        )
+    if not torch._dynamo.is_dynamo_supported():
+        raise ValueError("--torch_compile: torch.compile does not support this Python or platform; run without it.")
+    model.compile_repeated_blocks(fullgraph=True)
+
+
 def use_fused_optimizer(device: torch.device) -> bool:
     """Whether the trainer uses `AdamW(fused=True)` (one kernel per step, and a device-side non-finite guard): CUDA."""
     return torch.device(device).type == "cuda"
@@ -1644,6 +1660,8 @@ class TrainingEvaluation:
 
         with_fid, with_cknna = self.due(step, final)
         values: dict[str, float] = {}
+        if not (with_fid or with_cknna):
+            return values
         with ema_weights(accelerator.unwrap_model(transformer), ema) as model:
             if with_fid:
                 with accelerator.autocast():

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,13 @@ class CKNNAProbe:
         self.timestep, self.batch_size = timestep, batch_size
 
     def __call__(self, transformer: torch.nn.Module) -> float:
+        # Eager even where the blocks are compiled (`--torch_compile`): the hidden states are read by forward hooks
+        # that stop the forward pass after the layer, which a full-graph compile cannot trace.
+        stance = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else nullcontext()
+        with stance:
+            return self._cknna(transformer)
+
+    def _cknna(self, transformer: torch.nn.Module) -> float:
         return alignment_cknna(
             transformer,
             self.sample,
