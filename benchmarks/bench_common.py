@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import sys
 import time
 from collections.abc import Callable
@@ -125,30 +126,44 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cpu_clock(device: torch.device) -> Callable[[], float]:
+    """
+    The clock to time with: on CUDA wall time; on the CPU the CPU time of this process (`time.process_time`), which
+    on a shared machine does not count the time other processes hold the cores (single-threaded runs, as here).
+    """
+    return time.perf_counter if device.type == "cuda" else time.process_time
+
+
 def time_once(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds of one call of `fn`, on [`cpu_clock`]."""
+    clock = cpu_clock(device)
     synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def best_times(
     candidates: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int = 1
 ) -> dict[str, float]:
     """
-    Best wall seconds of each candidate over `repeats` rounds; each round runs every candidate once, in turn.
+    Best wall seconds of each candidate over `repeats` rounds; each round runs every candidate once, in an order
+    shuffled per round (seeded, so reproducible).
 
-    Interleaving makes load from other processes hit all candidates alike; the best (not the mean) is the least
-    disturbed run.
+    Interleaving makes load from other processes hit all candidates alike, shuffling keeps a candidate from always
+    following the same one, and the best (not the mean) is the least disturbed run.
     """
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     best = dict.fromkeys(candidates, float("inf"))
+    order = list(candidates)
+    shuffler = random.Random(0)
     for _ in range(repeats):
-        for name, fn in candidates.items():
-            best[name] = min(best[name], time_once(fn, device))
+        shuffler.shuffle(order)
+        for name in order:
+            best[name] = min(best[name], time_once(candidates[name], device))
     return best
 
 

@@ -8,6 +8,7 @@ initial noise:
   `--official_dir` (a clone of github.com/sihyun-yu/REPA), float32 model as its `generate.py` runs it (TF32 on);
 * `exact`: `REPAPipeline(...)` with the default `fast=False` (float64 state, the model in float32);
 * `fast`: `REPAPipeline(..., fast=True)`: float32 state, bf16 autocast on CUDA (float32 on CPU), no host syncs;
+* `fast_fused_qkv`: `fast` on a copy of the model after `fuse_qkv_projections()` (one q/k/v matmul per block);
 * `fast_compiled` (CUDA, `--compile`): `fast` after `transformer.compile_repeated_blocks(fullgraph=True)`.
 
 The official SDE draws its noise from the global generator; ours from a generator seeded the same, so both see the
@@ -52,7 +53,7 @@ from diffusers_repa import REPAPipeline, SiTEulerMaruyamaScheduler, SiTHeunSched
 from diffusers_repa.convert import official_to_diffusers_state_dict
 
 SAMPLERS = {"sde": (SiTEulerMaruyamaScheduler, 250), "heun": (SiTHeunScheduler, 50)}
-MODES = ("official", "exact", "fast")
+MODES = ("official", "exact", "fast", "fast_fused_qkv")
 GUIDANCE_SCALE, GUIDANCE_INTERVAL = 1.8, (0.0, 0.7)
 
 
@@ -115,6 +116,10 @@ def main() -> None:
     latents = torch.randn(batch, 4, size, size, generator=generator).to(device)
     labels = torch.randint(0, 1000, (batch,), generator=generator).to(device)
 
+    fused = None
+    if "fast_fused_qkv" in modes:
+        fused = copy.deepcopy(transformer)
+        fused.fuse_qkv_projections()
     compiled = None
     if "fast_compiled" in modes:  # a copy, so that the other candidates keep the eager model
         compiled = copy.deepcopy(transformer)
@@ -129,8 +134,10 @@ def main() -> None:
         pipeline = REPAPipeline(transformer, scheduler_cls(), latent_scale=1.0)
         pipeline.set_progress_bar_config(disable=True)
         compiled_pipeline = REPAPipeline(compiled, scheduler_cls(), latent_scale=1.0) if compiled else None
-        if compiled_pipeline is not None:
-            compiled_pipeline.set_progress_bar_config(disable=True)
+        fused_pipeline = REPAPipeline(fused, scheduler_cls(), latent_scale=1.0) if fused else None
+        for other in (compiled_pipeline, fused_pipeline):
+            if other is not None:
+                other.set_progress_bar_config(disable=True)
 
         def official(steps=steps, sampler=sampler) -> torch.Tensor:
             torch.manual_seed(args.seed)  # the official SDE draws from the global generator of the device
@@ -162,9 +169,16 @@ def main() -> None:
             "official": official,
             "exact": lambda: ours(False),
             "fast": lambda: ours(True),
+            "fast_fused_qkv": lambda p=fused_pipeline: ours(True, pipeline=p),
             "fast_compiled": lambda p=compiled_pipeline: ours(True, pipeline=p),
         }
-        models = {"official": official_model, "exact": transformer, "fast": transformer, "fast_compiled": compiled}
+        models = {
+            "official": official_model,
+            "exact": transformer,
+            "fast": transformer,
+            "fast_fused_qkv": fused,
+            "fast_compiled": compiled,
+        }
         candidates = {name: candidates[name] for name in modes}
         outputs, calls = {}, {}
         for name, fn in candidates.items():  # one untimed run each: outputs, call counts, warm-up (and compiling)
@@ -176,7 +190,13 @@ def main() -> None:
             seconds = best_times(candidates, device, repeats, warmup=0)
         else:
             seconds = {name: min(time_once(fn, device) for _ in range(repeats)) for name, fn in candidates.items()}
-        reference = {"official": None, "exact": "official", "fast": "exact", "fast_compiled": "exact"}
+        reference = {
+            "official": None,
+            "exact": "official",
+            "fast": "exact",
+            "fast_fused_qkv": "exact",
+            "fast_compiled": "exact",
+        }
         for name in candidates:
             rate = batch / seconds[name]
             against = reference[name] if reference[name] in outputs else None
@@ -207,7 +227,8 @@ def main() -> None:
     print(
         f"{env['device']}, torch {env['torch']}, {env['torch_threads']} threads, batch {batch}, "
         f"{'tiny SiT' if args.tiny else 'SiT-XL/2'}, guidance {GUIDANCE_SCALE} on t <= {GUIDANCE_INTERVAL[1]}, "
-        f"best of {repeats}, load {env.get('load_average')}"
+        f"best of {repeats} ({'wall' if device.type == 'cuda' else 'process CPU'} time), "
+        f"load {env.get('load_average')}"
     )
     print_table(
         ["sampler", "steps", "mode", "model calls", "s / batch", "images / s", "vs official", "final latents rel. L2"],

@@ -280,7 +280,8 @@ def main() -> None:
         )
     print(
         f"{env['device']}, torch {env['torch']}, {env['torch_threads']} threads, batch {batch}, "
-        f"{'tiny' if args.tiny else 'SiT-XL/2 + DINOv2-B'}, best of {repeats}, load {env.get('load_average')}"
+        f"{'tiny' if args.tiny else 'SiT-XL/2 + DINOv2-B'}, best of {repeats} "
+        f"({'wall' if device.type == 'cuda' else 'process CPU'} time), load {env.get('load_average')}"
     )
     print_table(["step", "precision", "s / step", "images / s", "vs official", "first step s", "peak GiB", "MFU"], rows)
     print_json(
