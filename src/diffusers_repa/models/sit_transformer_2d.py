@@ -351,19 +351,22 @@ class SiTTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, Attenti
         # so that a CUDA or compiled forward never synchronises.
         if torch.compiler.is_compiling():
             return
-        if class_labels.device.type == "cpu":
+        # One `aminmax` per tensor: these checks run at every call, and tiny models on CPU feel each extra op.
+        if class_labels.device.type == "cpu" and class_labels.numel():
             max_label = self.class_embedder.embedding_table.num_embeddings - 1
-            if class_labels.numel() and (class_labels.min() < 0 or class_labels.max() > max_label):
+            low, high = (int(value) for value in torch.aminmax(class_labels))
+            if low < 0 or high > max_label:
                 raise ValueError(
                     f"`class_labels` must be in [0, {max_label}] ({self.config.num_classes} is the null class), got "
-                    f"values in [{int(class_labels.min())}, {int(class_labels.max())}]."
+                    f"values in [{low}, {high}]."
                 )
         if timestep.device.type == "cpu" and timestep.numel():
             times = timestep if timestep.is_floating_point() else timestep.double()
-            if not torch.isfinite(times).all() or times.min() < 0 or times.max() > 1:
+            low, high = (float(value) for value in torch.aminmax(times))
+            if not (low >= 0 and high <= 1):  # NaN fails both comparisons; aminmax propagates it
                 raise ValueError(
                     f"`timestep` must be flow time t in [0, 1] (t = 1 pure noise), got values in "
-                    f"[{float(times.min())}, {float(times.max())}]: do not scale it by 1000 as diffusers' FlowMatch "
+                    f"[{low}, {high}]: do not scale it by 1000 as diffusers' FlowMatch "
                     "schedulers do (the SiT schedulers' `timesteps` can be passed as they are)."
                 )
 
