@@ -367,9 +367,10 @@ def prepare_for_training(
     schedule over the trainable parameters (the LoRA adapter or the whole SiT, and the projector)."""
     if args.lora_rank is not None:
         transformer.requires_grad_(False)
-        lora_config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha or args.lora_rank,
-                                 init_lora_weights="gaussian", target_modules=args.lora_target_modules.split(","))  # fmt: skip
-        transformer.add_adapter(lora_config)
+        alpha, modules = args.lora_alpha or args.lora_rank, args.lora_target_modules.split(",")
+        transformer.add_adapter(
+            LoraConfig(r=args.lora_rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=modules)
+        )
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     if args.torch_compile:  # each SiT block (compile_repeated_blocks), as the measured fast path
