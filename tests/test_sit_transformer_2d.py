@@ -357,7 +357,8 @@ class TestStrictLoading:
     def test_a_num_layers_that_disagrees_with_the_weights(self, tmp_path, num_layers, kind):
         small_model().save_pretrained(tmp_path)  # 3 blocks
         self.edit_config(tmp_path, num_layers=num_layers, alignment_depth=2)
-        with pytest.raises(ValueError, match=f"do not fit the SiTTransformer2DModel config.*{kind}.*transformer_blocks"):
+        expected = f"do not fit the SiTTransformer2DModel config.*{kind}.*transformer_blocks"
+        with pytest.raises(ValueError, match=expected):
             SiTTransformer2DModel.from_pretrained(tmp_path)
 
     def test_a_matching_folder_loads_and_loading_info_is_still_available(self, tmp_path):

@@ -3,8 +3,8 @@
 
 Built from diffusers' own blocks (`PatchEmbed`, `Timesteps`, `TimestepEmbedding`, `LabelEmbedding`,
 `AdaLayerNormZero`, `FeedForward`) and an attention on diffusers' attention dispatcher (`AttentionModuleMixin` +
-`dispatch_attention_fn`, so `set_attention_backend` picks the kernel), configured so that the fp32 output equals the official
-`sihyun-yu/REPA` `models/sit.py` number for number (see `tests/test_sit_transformer_2d.py`).
+`dispatch_attention_fn`, so `set_attention_backend` picks the kernel), configured so that the fp32 output equals
+the official `sihyun-yu/REPA` `models/sit.py` number for number (see `tests/test_sit_transformer_2d.py`).
 """
 
 import numbers

@@ -380,7 +380,8 @@ class REPAPipeline(DiffusionPipeline):
                 the official sampler's `randn_like`, and passed to the scheduler as `variance_noise`. Use it to
                 replay a run exactly.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (float in [0, 1], NHWC), `"pt"` (float in
-                [0, 1], NCHW) or `"latent"` (the final state, in the scheduler's `state_dtype`; float32 with `fast=True`).
+                [0, 1], NCHW) or `"latent"` (the final state, in the scheduler's `state_dtype`; float32 with
+                `fast=True`).
             return_dict (`bool`, defaults to `True`): Return an [`ImagePipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, [`PipelineCallback`] or [`MultiPipelineCallbacks`], *optional*): Called
                 after every model call as `callback_on_step_end(self, i, t, callback_kwargs)` and must return a dict
