@@ -8,7 +8,7 @@ initial noise:
   `--official_dir` (a clone of github.com/sihyun-yu/REPA), float32 model as its `generate.py` runs it (TF32 on);
 * `exact`: `REPAPipeline(...)` with the default `fast=False` (float64 state, the model in float32);
 * `fast`: `REPAPipeline(..., fast=True)`: float32 state, bf16 autocast on CUDA (float32 on CPU), no host syncs;
-* `fast_fused_qkv`: `fast` on a copy of the model after `fuse_qkv_projections()` (one q/k/v matmul per block);
+* `fast_fused_qkv` (opt-in with `--modes`): `fast` on a copy of the model after `fuse_qkv_projections()`;
 * `fast_compiled` (CUDA, `--compile`): `fast` after `transformer.compile_repeated_blocks(fullgraph=True)`.
 
 The official SDE draws its noise from the global generator; ours from a generator seeded the same, so both see the
@@ -17,8 +17,9 @@ same noise and the table reports the relative L2 difference of the final latents
 Only the transformer + sampler loop is timed (`output_type="latent"`, no VAE decode).
 
 Sizes: `--tiny` (CPU: a 5-block SiT of width 96 on 8x8x4 latents, batch 8) or the real one (SiT-XL/2 at 256 px,
-batch 64, about 3 minutes on one H100/H200). On CPU the candidates are timed interleaved (best of `--repeats`); on
-CUDA once each after a short warm-up.
+batch 64, about 3 minutes on one H100/H200, estimated). On CPU the candidates are timed interleaved (best of
+`--repeats`, process CPU time); on CUDA each one after a 3-step warm-up that meets both batch shapes (with and
+without guidance), `--repeats` times (default once).
 
 ```bash
 python benchmarks/bench_sampling.py --tiny --official_dir /tmp/official-repa
@@ -45,7 +46,7 @@ from bench_common import (
     print_json,
     print_table,
     relative_l2,
-    time_once,
+    synchronize,
 )
 from diffusers.utils import logging
 
@@ -54,6 +55,7 @@ from diffusers_repa.convert import official_to_diffusers_state_dict
 
 SAMPLERS = {"sde": (SiTEulerMaruyamaScheduler, 250), "heun": (SiTHeunScheduler, 50)}
 MODES = ("official", "exact", "fast", "fast_fused_qkv")
+DEFAULT_MODES = ("official", "exact", "fast")
 GUIDANCE_SCALE, GUIDANCE_INTERVAL = 1.8, (0.0, 0.7)
 
 
@@ -87,7 +89,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU")
     parser.add_argument("--batch_size", type=int, default=None, help="default: 8 tiny, 64 real")
     parser.add_argument("--samplers", default="sde,heun", help="subset of sde,heun")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
+    parser.add_argument(
+        "--modes", default=",".join(DEFAULT_MODES), help=f"subset of {','.join(MODES)} (default: %(default)s)"
+    )
     parser.add_argument("--compile", action="store_true", help="CUDA: add fast_compiled (compile_repeated_blocks)")
     parser.add_argument("--steps", type=int, default=None, help="override the steps of every sampler (quick checks)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per candidate (default: 5 CPU, 1 CUDA)")
@@ -167,10 +171,10 @@ def main() -> None:
 
         candidates = {
             "official": official,
-            "exact": lambda: ours(False),
-            "fast": lambda: ours(True),
-            "fast_fused_qkv": lambda p=fused_pipeline: ours(True, pipeline=p),
-            "fast_compiled": lambda p=compiled_pipeline: ours(True, pipeline=p),
+            "exact": lambda steps=steps: ours(False, steps),
+            "fast": lambda steps=steps: ours(True, steps),
+            "fast_fused_qkv": lambda steps=steps, p=fused_pipeline: ours(True, steps, pipeline=p),
+            "fast_compiled": lambda steps=steps, p=compiled_pipeline: ours(True, steps, pipeline=p),
         }
         models = {
             "official": official_model,
@@ -180,16 +184,23 @@ def main() -> None:
             "fast_compiled": compiled,
         }
         candidates = {name: candidates[name] for name in modes}
-        outputs, calls = {}, {}
-        for name, fn in candidates.items():  # one untimed run each: outputs, call counts, warm-up (and compiling)
-            start = time.perf_counter()
-            outputs[name], calls[name] = count_calls(models[name], fn)
-            if name == "fast_compiled":
-                results[f"{sampler}/first_compiled_run_s"] = time.perf_counter() - start + compile_call_s
+        outputs, calls, seconds = {}, {}, {}
         if device.type == "cpu" and not args.sequential:
+            for name, fn in candidates.items():  # one untimed run each: outputs, call counts, warm-up
+                outputs[name], calls[name] = count_calls(models[name], fn)
             seconds = best_times(candidates, device, repeats, warmup=0)
-        else:
-            seconds = {name: min(time_once(fn, device) for _ in range(repeats)) for name, fn in candidates.items()}
+        else:  # CUDA: a 3-step warm-up (unguided and guided batch shapes; compiles), then timed full runs
+            for name, fn in candidates.items():
+                start = time.perf_counter()
+                fn(steps=min(steps, 3))
+                synchronize(device)
+                if name == "fast_compiled":
+                    results[f"{sampler}/compiled_warmup_s"] = time.perf_counter() - start + compile_call_s
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    outputs[name], calls[name] = count_calls(models[name], fn)
+                    synchronize(device)
+                    seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - start)
         reference = {
             "official": None,
             "exact": "official",
