@@ -2,23 +2,28 @@
 """Frozen self-supervised image encoders whose patch features are REPA's alignment targets.
 
 Every encoder is loaded through `transformers` and wrapped in [`AlignmentEncoder`], which owns the exact
-preprocessing of the official REPA code (`train.py preprocess_raw_image`, `utils.load_encoders`):
+preprocessing of the official REPA code (`train.py preprocess_raw_image`, `utils.load_encoders`).
+Per family (`model_type`): transformers class; input side at 256 px; tokens returned; normalisation:
 
-| family (`model_type`) | transformers class | input at 256 px | tokens returned | normalisation |
-|---|---|---|---|---|
-| DINOv2 S/B/L/G (`dinov2`) | `Dinov2Model` | 224 | patch tokens after the final LayerNorm (`last_hidden_state[:, 1:]`) | ImageNet, before resize |
-| DINOv2 + registers (`dinov2_with_registers`) | `Dinov2WithRegistersModel` | 224 | the same, CLS and registers dropped (`[:, 1 + R:]`) | ImageNet, before resize |
-| CLIP vision tower (`clip`, `clip_vision_model`) | `CLIPVisionModel` | 224 (/14), 256 (/16) | last-layer patch tokens before `post_layernorm` (`[:, 1:]`, as the official) | CLIP, after resize |
-| SigLIP vision tower (`siglip`, `siglip_vision_model`) | `SiglipVisionModel` | 256 (/16), 224 (/14) | all tokens (no CLS) after `post_layernorm` | 0.5 / 0.5, after resize |
-| ViT-MAE (`vit_mae`) | `ViTMAEModel`, mask ratio 0 | 256 (/16) | patch tokens after the final LayerNorm (`[:, 1:]`), raster order | ImageNet |
-| I-JEPA (`ijepa`) | `IJepaModel` | 224 (/14) | all tokens (no CLS) after the final LayerNorm | ImageNet, before resize |
-| ViT, e.g. DINOv1 (`vit`) | `ViTModel` | 256 (/16) | patch tokens after the final LayerNorm (`[:, 1:]`) | ImageNet |
-| timm (`timm_wrapper`) | `TimmWrapperModel` | 16 x stride | `forward_features`: ViTs drop their prefix tokens, CNNs give the H x W map | the checkpoint's `pretrained_cfg` |
+* DINOv2 S/B/L/G (`dinov2`): `Dinov2Model`; 224; patch tokens after the final LayerNorm
+  (`last_hidden_state[:, 1:]`); ImageNet, before resize.
+* DINOv2 + registers (`dinov2_with_registers`): `Dinov2WithRegistersModel`; 224; the same, CLS and registers dropped
+  (`[:, 1 + R:]`); ImageNet, before resize.
+* CLIP vision tower (`clip`, `clip_vision_model`): `CLIPVisionModel`; 224 (/14), 256 (/16); last-layer patch tokens
+  before `post_layernorm` (`[:, 1:]`, as the official); CLIP, after resize.
+* SigLIP vision tower (`siglip`, `siglip_vision_model`): `SiglipVisionModel`; 256 (/16), 224 (/14); all tokens (no
+  CLS) after `post_layernorm`; 0.5 / 0.5, after resize.
+* ViT-MAE (`vit_mae`): `ViTMAEModel`, mask ratio 0; 256 (/16); patch tokens after the final LayerNorm (`[:, 1:]`),
+  raster order; ImageNet.
+* I-JEPA (`ijepa`): `IJepaModel`; 224 (/14); all tokens (no CLS) after the final LayerNorm; ImageNet, before resize.
+* ViT, e.g. DINOv1 (`vit`): `ViTModel`; 256 (/16); patch tokens after the final LayerNorm (`[:, 1:]`); ImageNet.
+* timm (`timm_wrapper`): `TimmWrapperModel`; 16 x stride; `forward_features`: ViTs drop their prefix tokens, CNNs
+  give the H x W map; the checkpoint's `pretrained_cfg`.
 
 Common rules:
 
 * Pixel values: `x / 255`, normalised with the model's `preprocessor_config.json` mean/std when there is one (the
-  table's constants otherwise), and resized with bicubic interpolation (`align_corners=False`, no antialias, no
+  constants above otherwise), and resized with bicubic interpolation (`align_corners=False`, no antialias, no
   clamp) so that the token grid is `resolution / 16` per side: 16 x 16 at 256 px, 32 x 32 at 512 px, the grid of a
   SiT/2 on 8x-downsampling VAE latents. DINOv2 and I-JEPA normalise before resizing, as the official code does
   (the /16 ViTs are not resized at all).
@@ -265,7 +270,7 @@ class AlignmentEncoder(nn.Module):
         **hf_kwargs,
     ) -> "AlignmentEncoder":
         r"""
-        Load an encoder with transformers (`AutoConfig` picks the family, see the module docstring's table).
+        Load an encoder with transformers (`AutoConfig` picks the family, see the module docstring's list).
 
         Args:
             name_or_path (`str`): A Hub id such as `"facebook/dinov2-base"` or a local folder.

