@@ -245,9 +245,10 @@ class ImageTransform:
     A `datasets` transform (`dataset.with_transform(transform)`) and `DataLoader` collate function
     (`collate_fn=transform.collate`) for class-conditional image datasets.
 
-    For a streaming dataset use `dataset.map(transform, batched=True)`. The transform maps each example to `pixel_values` (uint8 `(3, R, R)`, or `None`), `class_labels` and a `skipped`
-    record; `collate` stacks the usable examples and passes the skip records on, so they reach the main process even
-    from DataLoader workers (feed them to [`SkippedImages.update`]). A batch can therefore be smaller than the batch
+    For a streaming dataset use `dataset.map(transform, batched=True)`. The transform maps each example to
+    `pixel_values` (uint8 `(3, R, R)`, or `None`), `class_labels` and a `skipped` record; `collate` stacks the usable
+    examples and passes the skip records on, so they reach the main process even from DataLoader workers (feed them
+    to [`SkippedImages.update`]). A batch can therefore be smaller than the batch
     size, or empty, when images were skipped.
 
     Args:

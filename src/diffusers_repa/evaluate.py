@@ -33,10 +33,17 @@ ROWS = (
 def _add_network_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=64, help="Images per Inception forward pass.")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu).")
-    parser.add_argument("--resize", choices=RESIZE_MODES, default="tf1",
-                        help="Resize to 299: 'tf1' = the TF graph's resize_bilinear (default), 'torch' = F.interpolate.")  # fmt: skip
-    parser.add_argument("--logits_weights", default=None,
-                        help="File with the Inception's 1008-way output layer (enables the Inception Score).")  # fmt: skip
+    parser.add_argument(
+        "--resize",
+        choices=RESIZE_MODES,
+        default="tf1",
+        help="Resize to 299: 'tf1' = the TF graph's resize_bilinear (default), 'torch' = F.interpolate.",
+    )
+    parser.add_argument(
+        "--logits_weights",
+        default=None,
+        help="File with the Inception's 1008-way output layer (enables the Inception Score).",
+    )
     parser.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
 
 

