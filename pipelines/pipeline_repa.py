@@ -804,7 +804,8 @@ def select_pipeline_files(
 
     Args:
         model_index (`dict`): The repo's `model_index.json`.
-        filenames (`Sequence[str]`): Every file of the repo, as paths relative to its root (`"transformer/config.json"`).
+        filenames (`Sequence[str]`): Every file of the repo, as paths relative to its root
+            (`"transformer/config.json"`).
         variant (`str`, *optional*): e.g. `"fp16"` for `diffusion_pytorch_model.fp16.safetensors`.
         use_safetensors (`bool`, *optional*): `True` requires safetensors weights, `False` takes the `.bin` ones,
             `None` prefers safetensors.

@@ -34,9 +34,7 @@ class StrictLoadingMixin:
         `output_loading_info=True` it returns `(model, loading_info)` as diffusers does.
         """
         output_loading_info = kwargs.pop("output_loading_info", False)
-        model, loading_info = super().from_pretrained(
-            pretrained_model_name_or_path, output_loading_info=True, **kwargs
-        )
+        model, loading_info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
         problems = []
         if loading_info.get("unexpected_keys"):
             problems.append(f"weights the config has no place for: {_describe(loading_info['unexpected_keys'])}")

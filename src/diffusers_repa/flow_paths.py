@@ -22,9 +22,7 @@ def check_path_type(path_type: str) -> None:
         raise ValueError(f"Unknown `path_type` {path_type!r}: choose one of {', '.join(map(repr, PATH_TYPES))}.")
 
 
-def path_coefficients(
-    path_type: str, t: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def path_coefficients(path_type: str, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""
     The coefficients of the path at time `t` and their time derivatives.
 

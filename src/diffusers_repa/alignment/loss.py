@@ -35,9 +35,7 @@ class REPALossOutput(BaseOutput):
     timesteps: torch.Tensor
 
 
-def projection_loss(
-    target_features: Sequence[torch.Tensor], projected_states: Sequence[torch.Tensor]
-) -> torch.Tensor:
+def projection_loss(target_features: Sequence[torch.Tensor], projected_states: Sequence[torch.Tensor]) -> torch.Tensor:
     r"""
     REPA's alignment loss: -mean over encoders, samples and tokens of cos(target, projected).
 
@@ -183,7 +181,9 @@ class REPALoss:
         if noise is None:
             noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         elif noise.shape != latents.shape:
-            raise ValueError(f"`noise` must have the shape of `latents` {tuple(latents.shape)}, got {tuple(noise.shape)}.")
+            raise ValueError(
+                f"`noise` must have the shape of `latents` {tuple(latents.shape)}, got {tuple(noise.shape)}."
+            )
 
         alpha_t, sigma_t, d_alpha_t, d_sigma_t = path_coefficients(self.path_type, time_input)
         model_input = alpha_t * latents + sigma_t * noise
