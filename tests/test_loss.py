@@ -73,7 +73,11 @@ def test_loss_draws_time_and_noise_in_the_official_order(tag, siloss, models):
 
 
 def test_model_input_and_target_follow_the_path(siloss):
-    time_input, noise, images = siloss["cosine_lognormal.time_input"], siloss["cosine_lognormal.noises"], siloss["images"]
+    time_input, noise, images = (
+        siloss["cosine_lognormal.time_input"],
+        siloss["cosine_lognormal.noises"],
+        siloss["images"],
+    )
     alpha, sigma, _, _ = path_coefficients("cosine", time_input)
     torch.testing.assert_close(alpha * images + sigma * noise, siloss["cosine_lognormal.model_input"], atol=0, rtol=0)
     draw = siloss["cosine_lognormal.rng_time_draw"]

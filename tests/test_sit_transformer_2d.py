@@ -29,8 +29,16 @@ def tiny_models(official_tiny):
 
 
 def small_model(**overrides) -> SiTTransformer2DModel:
-    config = dict(sample_size=8, patch_size=2, in_channels=4, num_layers=3, num_attention_heads=2,
-                  attention_head_dim=8, num_classes=10, alignment_depth=2)
+    config = dict(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=3,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_classes=10,
+        alignment_depth=2,
+    )
     config.update(overrides)
     torch.manual_seed(0)
     model = SiTTransformer2DModel(**config)
@@ -73,16 +81,27 @@ class TestOfficialParity:
             for block in transformer.transformer_blocks:
                 hidden = block(hidden, t_emb + y_emb)
                 blocks.append(hidden)
-        for name, ours in {"t_freq": t_freq, "t_emb": t_emb, "y_emb": y_emb, "c": t_emb + y_emb,
-                           "patch_embed_out": patches}.items():
+        for name, ours in {
+            "t_freq": t_freq,
+            "t_emb": t_emb,
+            "y_emb": y_emb,
+            "c": t_emb + y_emb,
+            "patch_embed_out": patches,
+        }.items():
             torch.testing.assert_close(ours, fw[name], atol=1e-6, rtol=1e-5, msg=name)
         for index, ours in enumerate(blocks):
             torch.testing.assert_close(ours, fw[f"block_{index}_out"], atol=1e-5, rtol=1e-5)
 
     @pytest.mark.parametrize("grid,dim", [(4, 64), (16, 32), (32, 32)])
     def test_pos_embed_matches_official_table(self, grid, dim):
-        model = SiTTransformer2DModel(sample_size=grid * 2, patch_size=2, num_layers=1, num_attention_heads=1,
-                                      attention_head_dim=dim, alignment_depth=1)
+        model = SiTTransformer2DModel(
+            sample_size=grid * 2,
+            patch_size=2,
+            num_layers=1,
+            num_attention_heads=1,
+            attention_head_dim=dim,
+            alignment_depth=1,
+        )
         expected = load_file(FIXTURES / "misc.safetensors")[f"pos_embed_grid{grid}_dim{dim}"]
         torch.testing.assert_close(model.pos_embed.pos_embed, expected, atol=1e-6, rtol=0)
 
@@ -90,10 +109,22 @@ class TestOfficialParity:
         "hidden,heads,depth,patch,grid,channels,encoder_depth,qk_norm",
         [(64, 4, 3, 4, 3, 4, 1, False), (48, 2, 2, 1, 5, 3, 2, False), (32, 2, 2, 2, 4, 4, 2, True)],
     )
-    def test_other_configs_match_the_official_maths(self, hidden, heads, depth, patch, grid, channels,
-                                                    encoder_depth, qk_norm):
-        sd = random_official_state_dict(hidden, depth, patch, channels, grid, num_classes=7, z_dims=[5, 9],
-                                        projector_dim=16, qk_norm=qk_norm, heads=heads, seed=hidden)
+    def test_other_configs_match_the_official_maths(
+        self, hidden, heads, depth, patch, grid, channels, encoder_depth, qk_norm
+    ):
+        sd = random_official_state_dict(
+            hidden,
+            depth,
+            patch,
+            channels,
+            grid,
+            num_classes=7,
+            z_dims=[5, 9],
+            projector_dim=16,
+            qk_norm=qk_norm,
+            heads=heads,
+            seed=hidden,
+        )
         transformer, projector = convert_official_state_dict(
             sd, num_attention_heads=heads, alignment_depth=encoder_depth
         )
@@ -133,8 +164,9 @@ class TestPresets:
     def test_all_twelve_presets_build_and_run_sit_s_included(self):
         assert len(SIT_PRESETS) == 12
         model = SiTTransformer2DModel.from_preset("SiT-S/8", sample_size=16, alignment_depth=4, num_classes=3).eval()
-        out = model(torch.randn(2, 4, 16, 16), torch.tensor([0.5, 1.0]), torch.tensor([0, 3]),
-                    output_alignment_states=True)
+        out = model(
+            torch.randn(2, 4, 16, 16), torch.tensor([0.5, 1.0]), torch.tensor([0, 3]), output_alignment_states=True
+        )
         assert out.sample.shape == (2, 4, 16, 16)
         assert out.alignment_states.shape == (2, 4, 384)
 
@@ -145,8 +177,9 @@ class TestPresets:
 
 class TestModelBehaviour:
     def test_fresh_model_predicts_zero(self):
-        model = SiTTransformer2DModel(sample_size=8, num_layers=2, num_attention_heads=2, attention_head_dim=8,
-                                      alignment_depth=1)
+        model = SiTTransformer2DModel(
+            sample_size=8, num_layers=2, num_attention_heads=2, attention_head_dim=8, alignment_depth=1
+        )
         x, t, y = small_inputs()
         assert torch.count_nonzero(model(x, t, y).sample) == 0
 
@@ -242,8 +275,9 @@ class TestModelBehaviour:
         model = small_model().eval()
         x, t, y = small_inputs()
         base = model(x, t, y).sample
-        model.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        model.add_adapter(
+            LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+        )
         with_lora = model(x, t, y).sample
         assert not torch.allclose(with_lora, base)
         model.disable_adapters()
@@ -251,8 +285,9 @@ class TestModelBehaviour:
         model.enable_adapters()
         model.save_lora_adapter(tmp_path)
         fresh = small_model().eval()
-        fresh.load_lora_adapter(tmp_path, weight_name="pytorch_lora_weights.safetensors", adapter_name="repa",
-                                prefix=None)
+        fresh.load_lora_adapter(
+            tmp_path, weight_name="pytorch_lora_weights.safetensors", adapter_name="repa", prefix=None
+        )
         torch.testing.assert_close(fresh(x, t, y).sample, with_lora)
         fresh.disable_adapters()
         torch.testing.assert_close(fresh(x, t, y).sample, base)
@@ -338,8 +373,12 @@ class TestInputErrors:
             small_model(**override)
 
     def test_projector_config_values_are_checked(self):
-        for config, name in (({"hidden_size": 0}, "hidden_size"), ({"projector_dim": -1}, "projector_dim"),
-                             ({"z_dims": [768, 0]}, "z_dims"), ({"z_dims": 768}, "z_dims")):
+        for config, name in (
+            ({"hidden_size": 0}, "hidden_size"),
+            ({"projector_dim": -1}, "projector_dim"),
+            ({"z_dims": [768, 0]}, "z_dims"),
+            ({"z_dims": 768}, "z_dims"),
+        ):
             with pytest.raises(ValueError, match=name):
                 REPAProjector(**{"hidden_size": 16, "projector_dim": 8, "z_dims": [4], **config})
 
