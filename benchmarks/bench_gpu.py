@@ -75,8 +75,9 @@ def official_tiny(device: torch.device) -> tuple[SiTTransformer2DModel, REPAProj
 def big_model(args: argparse.Namespace, device: torch.device) -> SiTTransformer2DModel:
     """SiT-XL/2 (or a tiny stand-in), perturbed so that its output is not the adaLN-zero constant."""
     if args.tiny:
-        model = SiTTransformer2DModel(sample_size=8, num_layers=4, num_attention_heads=2, attention_head_dim=16,
-                                      alignment_depth=2)
+        model = SiTTransformer2DModel(
+            sample_size=8, num_layers=4, num_attention_heads=2, attention_head_dim=16, alignment_depth=2
+        )
     else:
         model = SiTTransformer2DModel.from_preset("SiT-XL/2", alignment_depth=8)
     generator = torch.Generator().manual_seed(0)
@@ -110,7 +111,11 @@ def section_parity(args, device, results):
         pipe = REPAPipeline(transformer=transformer, scheduler=scheduler)
         pipe.set_progress_bar_config(disable=True)
         sample = pipe(
-            labels, num_inference_steps=8, guidance_scale=scale, guidance_interval=interval, latents=latents,
+            labels,
+            num_inference_steps=8,
+            guidance_scale=scale,
+            guidance_interval=interval,
+            latents=latents,
             noise_sampler=(lambda i, x, n=noises: n[i].to(x)) if noises is not None else None,
             output_type="latent",
         ).images
@@ -163,12 +168,24 @@ def make_encoder(args, device):
     from transformers import Dinov2Config, Dinov2Model
 
     if args.tiny:
-        config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                              image_size=28, patch_size=7)
+        config = Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=28,
+            patch_size=7,
+        )
         resolution = 28
     else:
-        config = Dinov2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                              image_size=224, patch_size=14)
+        config = Dinov2Config(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            image_size=224,
+            patch_size=14,
+        )
         resolution = 224
     return Dinov2Model(config).to(device).eval().requires_grad_(False), resolution
 
@@ -181,20 +198,30 @@ def section_training(args, device, results):
         try:
             reset_peak(device)
             model = big_model(args, device).train()
-            projector = REPAProjector(hidden_size=model.hidden_size, projector_dim=2048 if not args.tiny else 16,
-                                      z_dims=[encoder.config.hidden_size]).to(device)
+            projector = REPAProjector(
+                hidden_size=model.hidden_size,
+                projector_dim=2048 if not args.tiny else 16,
+                z_dims=[encoder.config.hidden_size],
+            ).to(device)
             if mode == "compiled":
                 model.compile_repeated_blocks(fullgraph=True)
             if mode == "gradient_checkpointing":
                 model.enable_gradient_checkpointing()
-            optimizer = torch.optim.AdamW(list(model.parameters()) + list(projector.parameters()), lr=1e-4,
-                                          weight_decay=0, fused=device.type == "cuda")
+            optimizer = torch.optim.AdamW(
+                list(model.parameters()) + list(projector.parameters()),
+                lr=1e-4,
+                weight_decay=0,
+                fused=device.type == "cuda",
+            )
             size = model.config.sample_size
             latents = torch.randn(batch, 4, size, size, device=device)
             images = torch.rand(batch, 3, resolution, resolution, device=device)
             labels = torch.randint(0, 1000, (batch,), device=device)
 
-            def step():
+            # This iteration's objects are bound as defaults (not looked up when called); `finally` drops `step`.
+            def step(
+                model=model, projector=projector, optimizer=optimizer, images=images, latents=latents, labels=labels
+            ):
                 with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
                     features = encoder(pixel_values=images).last_hidden_state[:, 1:]
                 with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -210,13 +237,16 @@ def section_training(args, device, results):
             first_step = time.perf_counter() - start
             seconds = timed(step, device, warmup=2, repeats=args.repeats)
             results[mode] = {
-                "batch": batch, "first_step_s": round(first_step, 2), "step_s": round(seconds, 4),
-                "images_per_s": round(batch / seconds, 1), "peak_gib": peak_memory_gib(device),
+                "batch": batch,
+                "first_step_s": round(first_step, 2),
+                "step_s": round(seconds, 4),
+                "images_per_s": round(batch / seconds, 1),
+                "peak_gib": peak_memory_gib(device),
             }
         except Exception as error:  # noqa: BLE001 - one mode failing (e.g. OOM) must not hide the others
             results[mode] = f"failed: {type(error).__name__}: {str(error)[:300]}"
         finally:
-            model = projector = optimizer = None
+            model = projector = optimizer = step = None
             torch._dynamo.reset()
 
 
@@ -263,27 +293,41 @@ def section_sampling(args, device, results):
     grid = heun.sigmas.tolist()
     guided_calls = sum(1 + (i < 49) for i in range(50) if grid[i] <= 0.7)
     heun_s = guided_calls * cfg_s + (99 - guided_calls) * cond_s
-    results.update({
-        "batch": batch, "bf16_autocast": True,
-        "model_call_cond_s": round(cond_s, 4), "model_call_cfg_s": round(cfg_s, 4),
-        "sde250_cfg1.8_s_per_batch": round(sde_s, 1), "sde250_images_per_s": round(batch / sde_s, 2),
-        "heun50_cfg1.8_s_per_batch": round(heun_s, 1), "heun50_images_per_s": round(batch / heun_s, 2),
-    })
+    results.update(
+        {
+            "batch": batch,
+            "bf16_autocast": True,
+            "model_call_cond_s": round(cond_s, 4),
+            "model_call_cfg_s": round(cfg_s, 4),
+            "sde250_cfg1.8_s_per_batch": round(sde_s, 1),
+            "sde250_images_per_s": round(batch / sde_s, 2),
+            "heun50_cfg1.8_s_per_batch": round(heun_s, 1),
+            "heun50_images_per_s": round(batch / heun_s, 2),
+        }
+    )
     # The VAE decode (sd-vae-ft-ema architecture, random weights) of one batch.
     from diffusers import AutoencoderKL
 
-    vae_config = {} if not args.tiny else dict(block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-                                              norm_num_groups=4, latent_channels=4, sample_size=64)
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        block_out_channels=vae_config.get("block_out_channels", (128, 256, 512, 512)),
-                        layers_per_block=vae_config.get("layers_per_block", 2),
-                        norm_num_groups=vae_config.get("norm_num_groups", 32), latent_channels=4).to(device).eval()
+    tiny_vae = dict(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, latent_channels=4)
+    vae_config = {} if not args.tiny else dict(tiny_vae, sample_size=64)
+    vae = (
+        AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=vae_config.get("block_out_channels", (128, 256, 512, 512)),
+            layers_per_block=vae_config.get("layers_per_block", 2),
+            norm_num_groups=vae_config.get("norm_num_groups", 32),
+            latent_channels=4,
+        )
+        .to(device)
+        .eval()
+    )
     chunk = min(batch, 32)
 
     def decode():
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
             for start in range(0, batch, chunk):
-                vae.decode(x[start:start + chunk] / 0.18215)
+                vae.decode(x[start : start + chunk] / 0.18215)
 
     results["vae_decode_batch_s"] = round(timed(decode, device, warmup=1, repeats=max(1, args.repeats // 2)), 3)
 
@@ -304,7 +348,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS)
+    )
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -40,15 +40,37 @@ def make_models(work: Path, tiny: bool) -> None:
 
     torch.manual_seed(0)
     if tiny:
-        dino = Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                            patch_size=8, image_size=32)
-        vae = AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-                            up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4)
+        dino = Dinov2Config(
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            patch_size=8,
+            image_size=32,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(8, 8),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            layers_per_block=1,
+            norm_num_groups=4,
+        )
     else:  # DINOv2-B and sd-vae-ft-mse shapes, random weights
-        dino = Dinov2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                            patch_size=14, image_size=518)
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=256)
+        dino = Dinov2Config(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            patch_size=14,
+            image_size=518,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            sample_size=256,
+        )
     Dinov2Model(dino).save_pretrained(work / "dino")
     vae.save_pretrained(work / "vae")
 
@@ -88,9 +110,20 @@ def main() -> None:
         "--dataloader_num_workers", "2",
     ], log, env), 1)  # fmt: skip
 
-    model = ["--model", "SiT-S/4", "--model_kwargs", '{"num_layers": 2, "num_attention_heads": 2, '
-             '"attention_head_dim": 16}', "--alignment_depth", "1", "--projector_dim", "32"] if args.tiny else [
-        "--model", "SiT-B/2", "--alignment_depth", "4"]
+    model = (
+        [
+            "--model",
+            "SiT-S/4",
+            "--model_kwargs",
+            '{"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 16}',
+            "--alignment_depth",
+            "1",
+            "--projector_dim",
+            "32",
+        ]
+        if args.tiny
+        else ["--model", "SiT-B/2", "--alignment_depth", "4"]
+    )
     precision = [] if args.tiny else ["--mixed_precision", "bf16", "--allow_tf32"]
     train = [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
