@@ -132,8 +132,8 @@ def test_hub_push(trained):
         assert not path.is_file() or b"hf_secret" not in path.read_bytes(), path
     checkpoint_pushes, (final,) = hub.uploads[:-1], hub.uploads[-1:]
     assert [(push["kwargs"]["path_in_repo"], push["run_as_future"]) for push in checkpoint_pushes] == [
-        ("checkpoint-6", True),
-        ("checkpoint-12", True),
+        ("checkpoints/checkpoint-6", True),  # HUB_CHECKPOINTS_FOLDER: never downloaded with the pipeline
+        ("checkpoints/checkpoint-12", True),
     ]
     assert "transformer_ema/diffusion_pytorch_model.safetensors" in checkpoint_pushes[0]["files"]
     assert final["repo_id"] == "me/repa-test" and final["folder"] == trained.output and not final["run_as_future"]

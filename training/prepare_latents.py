@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--train_data_dir", default=None, help="Image folder with one sub-folder per class.")
     data.add_argument("--image_column", default="image")
     data.add_argument("--label_column", default="label")
-    data.add_argument("--split", default="train")
+    data.add_argument("--dataset_split", "--split", dest="split", default="train", help="Dataset split to prepare.")
     data.add_argument("--streaming", action="store_true", help="Read the source as it goes instead of downloading it.")
     data.add_argument("--cache_dir", default=None, help="`datasets` / Hub cache folder.")
     data.add_argument("--max_samples", type=int, default=None, help="Only encode the first N images.")

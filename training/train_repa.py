@@ -112,7 +112,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default=None, help="YAML/JSON file of option values; command-line options win.")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="SiT-XL/2", choices=list(SIT_PRESETS), help="Official SiT preset.")
+    model.add_argument(
+        "--preset",
+        "--model",
+        dest="model",
+        default="SiT-XL/2",
+        choices=list(SIT_PRESETS),
+        help="Official SiT preset (`--model` is the official train.py's name).",
+    )
     model.add_argument(
         "--model_kwargs",
         type=json_object,

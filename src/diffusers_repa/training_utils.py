@@ -56,7 +56,7 @@ import torch
 
 from .data import ImageTransform, load_image_dataset, load_rgb_image, sample_posterior
 from .models import REPAProjector, SiTTransformer2DModel
-from .pipeline_repa import REPAPipeline, shift_factor_from_latent_shift
+from .pipeline_repa import HUB_CHECKPOINTS_FOLDER, REPAPipeline, shift_factor_from_latent_shift
 from .schedulers import SiTEulerMaruyamaScheduler, SiTEulerScheduler
 from .utils import write_json_atomically
 
@@ -1489,8 +1489,9 @@ def register_checkpoint_hooks(accelerator: "Accelerator", ema: "EMAModel | None"
 
 class CheckpointUploads:
     r"""
-    Background uploads of checkpoints to a Hub repo (`--push_checkpoints_to_hub`), each into its own folder of the
-    repo. `upload` is `huggingface_hub.upload_folder` (passed in, so that the trainer's module-level name is used).
+    Background uploads of checkpoints to a Hub repo (`--push_checkpoints_to_hub`), each into
+    `checkpoints/checkpoint-N/` ([`HUB_CHECKPOINTS_FOLDER`]), which `REPAPipeline.from_pretrained` never downloads.
+    `upload` is `huggingface_hub.upload_folder` (passed in, so that the trainer's module-level name is used).
     A failed upload is reported, not fatal.
     """
 
@@ -1503,7 +1504,7 @@ class CheckpointUploads:
         future = self.upload(
             repo_id=self.repo_id,
             folder_path=checkpoint,
-            path_in_repo=checkpoint.name,
+            path_in_repo=f"{HUB_CHECKPOINTS_FOLDER}/{checkpoint.name}",
             commit_message=f"Checkpoint {step}",
             token=self.token,
             run_as_future=True,
@@ -1586,7 +1587,9 @@ class TrainingEvaluation:
     ):
         self.fid, self.cknna, self.fid_steps, self.cknna_steps = fid, cknna, fid_steps, cknna_steps
         self.path, self.is_main_process = path, is_main_process
-        self.description = fid.describe() if fid is not None and fid.network is not None else None
+        descriptions = [fid.describe()] if fid is not None and fid.network is not None else []
+        descriptions += [cknna.describe()] if cknna is not None else []
+        self.description = " ".join(descriptions) or None
         self.history: list[dict[str, float]] = []
         self._ran: set[tuple[int, str]] = set()
 
@@ -1607,7 +1610,7 @@ class TrainingEvaluation:
         if args.fid_steps:
             settings = dict(num_samples=args.fid_num_samples, num_classes=data.num_classes, seed=args.seed,
                             num_inference_steps=args.fid_num_inference_steps, guidance_scale=args.fid_guidance_scale,
-                            batch_size=args.fid_batch_size)  # fmt: skip
+                            batch_size=args.fid_batch_size, progress=accelerator.is_local_main_process)  # fmt: skip
             if accelerator.is_main_process:
                 fid = FIDMonitor.from_source(
                     args.fid_reference, cache_dir=args.output_dir, resolution=args.resolution,
@@ -1630,10 +1633,15 @@ class TrainingEvaluation:
         return cls(fid, cknna, args.fid_steps, args.cknna_steps, path, accelerator.is_main_process)
 
     def resume(self, step: int) -> None:
-        """Keep the recorded evaluations up to `step`, the step a resumed run starts from."""
-        if self.is_main_process and self.path is not None and self.path.is_file():
+        """
+        Keep the recorded evaluations up to `step`, the step a resumed run starts from (read by every process: the
+        output folder is shared, as for the checkpoints); those at `step` itself are not run again at the end.
+        """
+        if self.path is not None and self.path.is_file():
             saved = json.loads(self.path.read_text(encoding="utf-8"))
             self.history = [entry for entry in saved.get("history", []) if entry["step"] <= step]
+            names = ("fid", "cknna")
+            self._ran = {(entry["step"], name) for entry in self.history for name in names if name in entry}
 
     def due(self, step: int, final: bool = False) -> tuple[bool, bool]:
         """Whether FID and CKNNA are due at `step`: on their cadence, or (`final`) when not yet run at `step`."""
