@@ -77,6 +77,11 @@ def test_fid_and_cknna_are_logged_recorded_and_in_the_model_card(run):
     assert document["final"] == document["history"][-1]
     assert "6 class-balanced samples (2 Euler ODE steps, no guidance" in document["description"]
     assert "tiny-test-network" in document["description"]
+    assert (
+        "CKNNA (top-10) between the SiT's mean-pooled hidden states after the alignment layer"
+        in document["description"]
+    )
+    assert "of 12 fixed training images" in document["description"]
 
     events = EventAccumulator(str(run.output / "logs" / "repa")).Reload()
     for tag in ("fid", "sfid", "precision", "recall", "cknna"):
@@ -197,3 +202,12 @@ def test_bad_evaluation_options_are_refused_at_parse_time(flags, message, capsys
     with pytest.raises(SystemExit):
         training_module("train_repa").parse_args(["--train_data_dir", "images", *flags])
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_finished_run_resumed_at_its_last_step_is_not_evaluated_again(run, tmp_path):
+    evaluation = TrainingEvaluation(fid_steps=2, cknna_steps=2, path=run.output / "eval_metrics.json")
+    evaluation.resume(4)
+    assert [entry["step"] for entry in evaluation.history] == [2, 4]
+    assert evaluation.due(4, final=True) == (False, False)
+    evaluation.resume(3)  # resumed from an earlier step: the later entries are dropped, step 4 is measured again
+    assert [entry["step"] for entry in evaluation.history] == [2] and evaluation.due(4, final=True) == (True, True)

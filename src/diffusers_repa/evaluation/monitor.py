@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..alignment import alignment_cknna
 from ..sample import image_generators, sample_labels, to_uint8
@@ -71,6 +72,7 @@ class FIDMonitor:
         guidance_scale (`float`, defaults to 1.0): Classifier-free guidance (1 = none).
         batch_size (`int`, defaults to 64): Images per sampling and feature batch.
         reference_name (`str`, *optional*): What the reference is, for reports.
+        progress (`bool`, defaults to `True`): tqdm bars over the sampling and feature batches.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class FIDMonitor:
         guidance_scale: float = 1.0,
         batch_size: int = 64,
         reference_name: str | None = None,
+        progress: bool = True,
     ):
         if num_samples < 4:
             raise ValueError(f"num_samples must be at least 4 (precision/recall use k = 3), got {num_samples}.")
@@ -94,7 +97,7 @@ class FIDMonitor:
         self.reference, self.network = reference, network
         self.labels = sample_labels(num_samples, num_classes, "balanced", seed)
         self.seed, self.num_inference_steps, self.guidance_scale = seed, num_inference_steps, guidance_scale
-        self.batch_size = batch_size
+        self.batch_size, self.progress = batch_size, progress
         self.reference_name = reference_name or "the reference images"
 
     @classmethod
@@ -160,7 +163,8 @@ class FIDMonitor:
         indices = range(process_index * per_process, min((process_index + 1) * per_process, len(self.labels)))
         pipeline.set_progress_bar_config(disable=True)
         images = []
-        for start in range(indices.start, indices.stop, self.batch_size):
+        starts = range(indices.start, indices.stop, self.batch_size)
+        for start in tqdm(starts, desc="FID samples", disable=not self.progress, leave=False):
             batch = range(start, min(start + self.batch_size, indices.stop))
             output = pipeline(
                 self.labels[batch.start : batch.stop].tolist(),
@@ -179,7 +183,7 @@ class FIDMonitor:
         if not isinstance(images, np.ndarray):
             images = np.concatenate(list(images))
         result = evaluate_samples(
-            images, self.reference, network=self.network, batch_size=self.batch_size, progress=False
+            images, self.reference, network=self.network, batch_size=self.batch_size, progress=self.progress
         )
         return {name: float(result[name]) for name in MONITORED_METRICS}
 
@@ -212,6 +216,14 @@ class CKNNAProbe:
         self.sample, self.target_features = sample, target_features
         self.layer, self.path_type, self.seed = layer, path_type, seed
         self.timestep, self.batch_size = timestep, batch_size
+
+    def describe(self) -> str:
+        """One sentence on how the value is measured (for logs and the model card)."""
+        layer = f"block {self.layer}" if self.layer is not None else "the alignment layer"
+        return (
+            f"CKNNA (top-10) between the SiT's mean-pooled hidden states after {layer} (t = {self.timestep}, fixed "
+            f"noise, null label) and the target features of {len(self.sample)} fixed training images."
+        )
 
     def __call__(self, transformer: torch.nn.Module) -> float:
         # Eager even where the blocks are compiled (`--torch_compile`): the hidden states are read by forward hooks
