@@ -133,7 +133,7 @@ class FIDMonitor:
         if resolution is None or cache_dir is None:
             raise ValueError("A reference built from a dataset needs `resolution` and `cache_dir`.")
         path = reference_cache_path(cache_dir, source, resolution, split, num_images, reference_seed)
-        name = f"{source} (split {split}{f', {num_images} images' if num_images else ''})"
+        name = f"{source} (split {split})"
         if path.is_file():
             reference = load_reference_batch(path)
             if reference.network == network.feature_id:
