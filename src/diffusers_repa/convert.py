@@ -34,6 +34,7 @@ import torch
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
 from .models import SIT_PRESETS, REPAProjector, SiTTransformer2DModel
+from .utils import atomic_write
 
 # Keys a training checkpoint of the official train.py holds; `opt` and `steps` are not model weights.
 TRAINING_CHECKPOINT_KEYS = {"model", "ema", "opt", "args", "steps"}
@@ -460,12 +461,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise CheckpointError("--to_official needs --pretrained_model_name_or_path and --output.")
             _check_destination(args.output, args.overwrite, "--output")
             transformer, projector = _load_diffusers_model(args.pretrained_model_name_or_path)
-            temporary = args.output.with_name(f".{args.output.name}.tmp-{os.getpid()}")
-            try:
-                torch.save(diffusers_to_official_state_dict(transformer, projector), temporary)
-                os.replace(temporary, args.output)
-            finally:
-                temporary.unlink(missing_ok=True)
+            with atomic_write(args.output) as file:  # the file is complete or absent, never partial
+                torch.save(diffusers_to_official_state_dict(transformer, projector), file)
             print(f"Wrote the official-layout state dict to {args.output}")
             return 0
         if args.checkpoint is None or args.output_dir is None:

@@ -46,6 +46,7 @@ from .models import SIT_PRESETS
 from .pipeline_repa import REPAPipeline
 from .schedulers import SiTEulerMaruyamaScheduler, SiTEulerScheduler, SiTHeunScheduler
 from .training_utils import StopSignal
+from .utils import atomic_write, write_json_atomically
 
 SCHEDULERS = {"sde": SiTEulerMaruyamaScheduler, "heun": SiTHeunScheduler, "euler": SiTEulerScheduler}
 DEFAULT_STEPS = {"sde": 250, "heun": 50, "euler": 50}
@@ -194,13 +195,9 @@ def run_grid(args: argparse.Namespace) -> None:
 
 
 def _write_npz_atomically(path: Path, **arrays: np.ndarray) -> None:
-    """`np.savez` to a temporary name, synced, then renamed: `path` is complete or absent, never partial."""
-    temporary = path.with_name(f"{path.name}.tmp")
-    with open(temporary, "wb") as file:  # a file object: NumPy adds no suffix
+    """`np.savez` through [`~diffusers_repa.utils.atomic_write`]: `path` is complete or absent, never partial."""
+    with atomic_write(path) as file:  # a file object: NumPy adds no suffix
         np.savez(file, **arrays)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
 
 
 def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -253,9 +250,7 @@ def run_npz(args: argparse.Namespace, stop: StopSignal) -> None:
         for leftover in parts.glob("*.tmp"):  # from a process killed while writing; never a finished batch
             leftover.unlink()
         if recorded is None:
-            temporary = settings_file.with_name("settings.json.tmp")
-            temporary.write_text(json.dumps(settings, indent=2))
-            os.replace(temporary, settings_file)
+            write_json_atomically(settings_file, settings)
     state.wait_for_everyone()
 
     labels = sample_labels(args.num_images, config.num_classes, args.labels, args.seed)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils import atomic_write
 from .inception import (
     IS_UNAVAILABLE_REASON,
     POOL_DIM,
@@ -179,13 +180,10 @@ def check_statistics(
 
 
 def _atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "wb") as file:  # a file object: np.savez does not append ".npz"
+    """`np.savez` into `path` (its folder made if needed) through [`~diffusers_repa.utils.atomic_write`]."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path) as file:  # a file object: np.savez does not append ".npz"
         np.savez(file, **arrays)
-    os.replace(temporary, path)
 
 
 def _to_numpy_images(images: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
