@@ -39,8 +39,8 @@ from .flow_paths import PATH_TYPES
 from .models import SiTTransformer2DModel
 from .pipeline_repa import latent_shift_from_shift_factor
 from .sample import image_generators
+from .training_utils import MOMENTS_COLUMN
 
-MOMENTS_COLUMN = "moments"  # the VAE-posterior column of prepare_latents.py datasets
 JSON_NAME = "alignment_metrics.json"
 PLOT_NAME = "alignment_metrics.png"
 
