@@ -10,7 +10,8 @@ What one training step needs from the data path, for `--batch_size` images at 25
 
 Ours is the trainer's loader (`training_dataloader` of `diffusers_repa.training_utils`, or the `TrainingBatches`
 of `training/train_repa.py` where that is absent) on a dataset written as `training/prepare_latents.py` writes it (a
-parquet shard: PNG crops with PIL's default compression, `moments`, `label`), loaded with `load_image_dataset`.
+parquet shard: PNG crops at `prepare_latents.py`'s default level, uncompressed, unless `--png_compress_level` says
+otherwise; `moments`, `label`), loaded with `load_image_dataset`.
 With `--official_dir`, the official `CustomDataset` reads the same images in its layout (uncompressed PNG files and
 `.npy` posteriors, as its `preprocessing/dataset_tools.py` writes them) with the official `DataLoader` settings
 (shuffle, pinned memory), for a ratio.
@@ -19,19 +20,25 @@ The images are synthetic (smooth random colour fields plus noise, so that PNG co
 table ends with what the measured rate means for a GPU step at 528 images/s (our compiled SiT-XL/2 step on one
 H200) and at twice the official 323 images/s.
 
+With `--png_levels 0,1,3,6` it measures only the PNG compression levels instead (one process, one thread, CPU time,
+best of `--repeats`): bytes per crop, what that makes for ImageNet's 1,281,167 crops, and the loader's decode speed
+(`preprocess_image`: PIL decode, RGB, uint8 tensor) and `prepare_latents.py`'s encode speed, on the synthetic crops
+and on 256 px crops of the one photo shipped offline (matplotlib's `grace_hopper.jpg`, when matplotlib is installed).
+
 ```bash
 python benchmarks/bench_data.py --tiny --official_dir /tmp/official-repa   # 256 images, batch 32 (seconds)
 python benchmarks/bench_data.py --official_dir /tmp/official-repa          # 3072 images, batch 256 (minutes)
+python benchmarks/bench_data.py --png_levels 0,1,3,6,9                     # PNG level sweep (a minute)
 ```
 Prints a Markdown table and one `JSON {...}` line.
 """
 
 import argparse
 import importlib.util
-import io
 import itertools
 import json
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,14 +46,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_common import environment, load_official, official_commit, print_json, print_table
+from bench_common import best_times, environment, load_official, official_commit, print_json, print_table
 from PIL import Image
 
 from diffusers_repa.alignment import AlignmentEncoder
-from diffusers_repa.data import ImageTransform, load_image_dataset, sample_posterior
+from diffusers_repa.data import ImageTransform, adm_center_crop, load_image_dataset, preprocess_image, sample_posterior
 
 REPO = Path(__file__).resolve().parents[1]
 RESOLUTION, LATENT = 256, 32
+IMAGENET_TRAIN_IMAGES = 1_281_167
 GPU_STEP_RATES = {"our compiled SiT-XL/2 step (H200)": 528.0, "2x the official step (2 x 323)": 646.0}
 
 
@@ -61,15 +69,93 @@ def synthetic_images(count: int, seed: int = 0) -> list[np.ndarray]:
     return images
 
 
-def png(image: np.ndarray, compress_level: int | None) -> bytes:
-    buffer = io.BytesIO()
-    kwargs = {} if compress_level is None else {"compress_level": compress_level, "optimize": False}
-    Image.fromarray(image).save(buffer, format="PNG", **kwargs)
-    return buffer.getvalue()
+def photo_crops() -> list[np.ndarray]:
+    """
+    256 px crops of the one photo available offline (matplotlib's `grace_hopper.jpg`, 512x600): its ADM center crop,
+    and the four corners at full size and at 3/4 size (ImageNet photos average about 400x350, so an ADM crop keeps
+    about this much detail). Empty when matplotlib is not installed.
+    """
+    try:
+        from matplotlib import cbook
+    except ImportError:
+        return []
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as photo:
+        photo = photo.convert("RGB")
+    crops = [adm_center_crop(photo, RESOLUTION)]
+    for scale in (1.0, 0.75):
+        scaled = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC)
+        for left in (0, scaled.width - RESOLUTION):
+            for top in (0, scaled.height - RESOLUTION):
+                crops.append(scaled.crop((left, top, left + RESOLUTION, top + RESOLUTION)))
+    return [np.asarray(crop, dtype=np.uint8) for crop in crops]
+
+
+def png_level_sweep(levels: list[int], repeats: int) -> None:
+    """Bytes, decode and encode speed of our PNG crops per compression level (see the module docstring)."""
+    device = torch.device("cpu")
+    sources = {"synthetic": synthetic_images(64), "photo crops": photo_crops()}
+    rows, results = [], {}
+    for source, images in sources.items():
+        if not images:
+            continue
+        for level in levels:
+            encoded = [png(image, level) for image in images]
+            assert all(  # lossless: what the loader decodes is the crop that was encoded
+                np.array_equal(preprocess_image(data, RESOLUTION).permute(1, 2, 0).numpy(), image)
+                for data, image in zip(encoded, images)
+            )
+            times = best_times(
+                {
+                    "decode": lambda encoded=encoded: [preprocess_image(data, RESOLUTION) for data in encoded],
+                    "encode": lambda level=level, images=images: [png(image, level) for image in images],
+                },
+                device,
+                repeats,
+            )
+            size = sum(map(len, encoded)) / len(encoded)
+            record = {
+                "kib_per_crop": size / 1024,
+                "imagenet_gib": size * IMAGENET_TRAIN_IMAGES / 2**30,
+                "decode_images_per_s": len(images) / times["decode"],
+                "encode_images_per_s": len(images) / times["encode"],
+            }
+            results[f"{source}, level {level}"] = record
+            rows.append([source, len(images), level, *record.values()])
+    env = environment(device)
+    print(
+        f"{env['device']}, {env['cpu_count']} CPUs (load {env.get('load_average')}), torch {env['torch']}, "
+        f"{torch.get_num_threads()} thread(s), CPU time, best of {repeats}; 256 px RGB crops "
+        f"({3 * RESOLUTION**2 // 1024} KiB raw)"
+    )
+    print_table(
+        [
+            "crops",
+            "n",
+            "PNG level",
+            "KiB / crop",
+            f"GiB for ImageNet ({IMAGENET_TRAIN_IMAGES:,})",
+            "decode images / s (one core)",
+            "encode images / s (one core)",
+        ],
+        rows,
+    )
+    print_json({"bench": "data_png_levels", "env": env, "repeats": repeats, "results": results})
+
+
+def png(image: np.ndarray, compress_level: int) -> bytes:
+    """What `prepare_latents.png_bytes` stores for an `(H, W, 3)` uint8 crop."""
+    return prepare_latents().png_bytes(torch.from_numpy(image).permute(2, 0, 1), compress_level)
+
+
+def prepare_latents():
+    """`training/prepare_latents.py` as a module."""
+    if str(REPO / "training") not in sys.path:
+        sys.path.insert(0, str(REPO / "training"))
+    return importlib.import_module("prepare_latents")
 
 
 def write_ours(
-    root: Path, images: list[np.ndarray], moments: np.ndarray, labels: np.ndarray, compress_level: int | None
+    root: Path, images: list[np.ndarray], moments: np.ndarray, labels: np.ndarray, compress_level: int
 ) -> Path:
     """A prepared dataset as `prepare_latents.py` writes it: `data/train-00000.parquet`."""
     import datasets
@@ -173,10 +259,27 @@ def main() -> None:
         type=int,
         default=None,
         choices=range(10),
-        help="PNG compression of our crops (default: PIL's, as prepare_latents.py writes them; 0 = the official's)",
+        help="PNG compression of our crops (default: prepare_latents.py's; 0 = the official's, uncompressed)",
     )
     parser.add_argument("--batches", type=int, default=None, help="timed batches per loader (default: 8 tiny, 12)")
+    parser.add_argument(
+        "--png_levels",
+        default=None,
+        help="comma-separated PNG levels (0-9): measure only bytes, decode and encode speed per level",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of the --png_levels sweep (the best counts)")
     args = parser.parse_args()
+    if args.png_levels is not None:
+        try:
+            levels = [int(level) for level in args.png_levels.split(",")]
+        except ValueError:
+            levels = []
+        if not levels or any(level not in range(10) for level in levels):
+            parser.error(f"--png_levels takes comma-separated integers 0-9, got {args.png_levels!r}.")
+        png_level_sweep(levels, args.repeats)
+        return
+    if args.png_compress_level is None:
+        args.png_compress_level = prepare_latents().DEFAULT_PNG_COMPRESS_LEVEL
     batch = args.batch_size or (32 if args.tiny else 256)
     args.batches = args.batches or (8 if args.tiny else 12)
     count = batch * args.batches

@@ -8,7 +8,7 @@ same thing as a `datasets` dataset (parquet shards under `OUTPUT_DIR/data/`), wh
 
 | column | type | content |
 |---|---|---|
-| `image` | `Image` (PNG) | the ADM center crop at `--resolution`, RGB uint8 |
+| `image` | `Image` (PNG) | the ADM center crop at `--resolution`, RGB uint8 (uncompressed PNG by default) |
 | `label` | `ClassLabel` (names kept from the source) or `int64` | the class id |
 | `moments` | `Array3D((2C, h, w), float32)` | `cat([mean, std])` of the VAE posterior (omitted with `--vae none`) |
 | `features_<encoder>` | `Array2D((T, D), float16)` | `AlignmentEncoder` patch features, only with `--encoder` |
@@ -16,6 +16,16 @@ same thing as a `datasets` dataset (parquet shards under `OUTPUT_DIR/data/`), wh
 Stored encoder features are an option for small datasets (the demo): REPA uses no data augmentation, so the targets
 are a fixed function of each image, and storing them saves the encoder's forward at every step. For ImageNet they
 would take hundreds of GB; there the trainer runs the encoder online, as the official code does.
+
+The crops are stored as uncompressed PNGs by default (`--png_compress_level 0`), as the official pipeline stores
+them, because decoding them is most of the training loader's work: on one CPU core a 256 px crop decodes at about
+900 images/s uncompressed and about 500/s at any level 1-9 (`benchmarks/RESULTS.md`, "Data path"), so a training step
+at 528 images/s needs one loader core per GPU instead of two. The price is disk: ImageNet's 1.28M crops take about
+235 GiB uncompressed against about 125-155 GiB at levels 1-9 (124-134 GiB on photo crops; plus about 39 GiB of
+posterior moments either way). Pass a level of 1 (nearly all of the size gain at the fastest compressed encode) when
+disk or network bandwidth, not CPU cores, is what is short. PNG is lossless, so every level decodes to the same
+pixels, and a resumed run may use another level than the shards already written (each shard's level is recorded in
+`OUTPUT_DIR/.stats/` and the dataset card).
 
 Work is split into shards of `--shard_size` rows; process `i` of `n` (`accelerate launch --num_processes n`) encodes
 shards `i, i + n, ...`. Every shard is written to a temporary file and renamed when complete, so an interrupted run
@@ -54,7 +64,10 @@ from diffusers_repa.utils import atomic_write, check_recorded_settings, write_js
 logger = get_logger(__name__)
 
 SHARD_PATTERN = "train-{:05d}.parquet"
-# The options that decide what a shard holds: a rerun must match them to resume.
+# Uncompressed: 1.8x faster to decode than any zlib level, the official layout; see the module docstring.
+DEFAULT_PNG_COMPRESS_LEVEL = 0
+# The options that decide what a shard holds: a rerun must match them to resume. (`png_compress_level` is not one:
+# PNG is lossless, so shards of different levels hold the same pixels; each shard's level is in its stats file.)
 RESUME_SETTINGS = (
     "dataset_name", "train_data_dir", "split", "image_column", "label_column", "max_samples", "resolution", "vae",
     "vae_subfolder", "encoders", "encoder_num_tokens", "shard_size",
@@ -100,6 +113,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     output.add_argument("--shard_size", type=int, default=1000, help="Rows per parquet shard (the unit of resuming).")
     output.add_argument("--batch_size", type=int, default=32, help="Images per VAE/encoder forward.")
     output.add_argument("--dataloader_num_workers", type=int, default=4, help="Image-decoding worker processes.")
+    output.add_argument(
+        "--png_compress_level",
+        type=int,
+        default=DEFAULT_PNG_COMPRESS_LEVEL,
+        help="zlib level (0-9) of the stored PNG crops. Default 0 (uncompressed, as the official data): the training "
+        "loader decodes them about 1.8x faster (about 900 vs 500 crops/s per core at 256 px), at about 235 GiB for "
+        "ImageNet's 1.28M crops instead of about 125-155 GiB at 1-9. Use 1 when disk or network, not CPU, is short. "
+        "Lossless at every level.",
+    )
     output.add_argument("--push_to_hub", action="store_true", help="Upload the finished dataset to the Hub.")
     output.add_argument("--hub_dataset_id", default=None, help="Dataset repo (default: the output folder's name).")
     output.add_argument("--hub_token", default=None)
@@ -114,6 +136,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for option in ("shard_size", "batch_size", "resolution"):
         if getattr(args, option) <= 0:
             parser.error(f"--{option} must be positive.")
+    if not 0 <= args.png_compress_level <= 9:
+        parser.error(
+            f"--png_compress_level must be a zlib level from 0 (uncompressed, fastest to decode) to 9, got "
+            f"{args.png_compress_level}."
+        )
     return args
 
 
@@ -136,10 +163,25 @@ def output_features(
     return datasets.Features(features)
 
 
-def png_bytes(image: torch.Tensor) -> bytes:
-    """Encode a uint8 `(3, H, W)` tensor as PNG."""
+def png_bytes(image: torch.Tensor, compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL) -> bytes:
+    """
+    Encode a uint8 `(3, H, W)` tensor as PNG (lossless at every level).
+
+    Args:
+        image (`torch.Tensor`): uint8 RGB image of shape `(3, H, W)`.
+        compress_level (`int`, defaults to 0): zlib level, 0 (uncompressed, fastest to decode) to 9.
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    >>> len(png_bytes(image)) > len(png_bytes(image, compress_level=9))
+    True
+    ```
+    """
     buffer = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 
@@ -196,7 +238,7 @@ def encode_shard(
         images = batch["pixel_values"]
         if len(images) == 0:
             continue
-        columns["image"].extend({"bytes": png_bytes(image), "path": None} for image in images)
+        columns["image"].extend({"bytes": png_bytes(image, args.png_compress_level), "path": None} for image in images)
         columns["label"].extend(batch["class_labels"].tolist())
         images = images.to(device)
         if vae is not None:
@@ -222,6 +264,8 @@ def write_dataset_card(output_dir: Path, args: argparse.Namespace, features: dat
     source = args.dataset_name or args.train_data_dir
     columns = "\n".join(f"| `{name}` | `{feature!r}` |" for name, feature in features.items())
     skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(stats["skipped"].items())) or "none"
+    levels = sorted(stats["png_compress_levels"].items())
+    levels = ", ".join(f"{level} ({count} shard{'s' * (count != 1)})" for level, count in levels)
     metadata = DatasetCardData(pretty_name=f"REPA training data from {source}", tags=["diffusers-repa"])
     text = f"""---
 {metadata.to_yaml()}
@@ -231,7 +275,8 @@ def write_dataset_card(output_dir: Path, args: argparse.Namespace, features: dat
 
 Prepared with diffusers-repa's `training/prepare_latents.py` from `{source}` (split `{args.split}`): ADM center crop
 to {args.resolution}x{args.resolution}, VAE `{args.vae or "none (pixel space)"}`, alignment encoders
-{", ".join(f"`{name}`" for name in args.encoders) or "none"}.
+{", ".join(f"`{name}`" for name in args.encoders) or "none"}. PNG crops at zlib level (0 = uncompressed)
+{levels}.
 
 {stats["rows"]} images; skipped {skipped}.
 
@@ -309,7 +354,11 @@ def prepare(args: argparse.Namespace, stop: StopSignal) -> None:
     for shard, rows in iter_source_shards(dataset, args.shard_size, is_wanted, args.max_samples):
         skipped = SkippedImages()
         columns = encode_shard(rows, args, vae, encoders, device, skipped)
-        stats = {"rows": len(columns["label"]), "skipped": dict(skipped.counts)}
+        stats = {
+            "rows": len(columns["label"]),
+            "skipped": dict(skipped.counts),
+            "png_compress_level": args.png_compress_level,
+        }
         write_json_atomically(output_dir / ".stats" / f"shard-{shard:05d}.json", stats)  # before its shard
         write_shard(
             datasets.Dataset.from_dict(columns, features=features), output_dir / "data" / SHARD_PATTERN.format(shard)
@@ -331,11 +380,13 @@ def prepare(args: argparse.Namespace, stop: StopSignal) -> None:
         accelerator.end_training()
         return
     if accelerator.is_main_process:
-        totals = {"rows": 0, "skipped": Counter()}
+        totals = {"rows": 0, "skipped": Counter(), "png_compress_levels": Counter()}
         for path in (output_dir / ".stats").glob("shard-*.json"):
             shard_stats = json.loads(path.read_text())
             totals["rows"] += shard_stats["rows"]
             totals["skipped"].update(shard_stats["skipped"])
+            # Shards written before the level was recorded used PIL's default, 6.
+            totals["png_compress_levels"][shard_stats.get("png_compress_level", 6)] += 1
         write_dataset_card(output_dir, args, features, totals)
         skipped_total = sum(totals["skipped"].values())
         logger.info(f"Prepared {totals['rows']} images ({skipped_total} skipped) in {output_dir}.")
