@@ -1,4 +1,4 @@
-"""Training-step speed: our REPA step (eager, foreach EMA, fused AdamW, compiled blocks) against the official code.
+"""Training-step speed: our REPA step (eager, EMA, fused AdamW, compiled, checkpointed) against the official code.
 
 One REPA step as each trainer runs it, on the same inputs, in the same process:
 
@@ -9,8 +9,11 @@ One REPA step as each trainer runs it, on the same inputs, in the same process:
 * **ours**: `SiTTransformer2DModel` + `REPAProjector` + `REPALoss`, `sample_posterior`, `AlignmentEncoder` input
   preprocessing, `EMAModel`; on CUDA bf16 autocast, on CPU fp32. The variants add one change each:
   `eager` (AdamW defaults, `EMAModel(foreach=False)`), `foreach_ema` (`EMAModel(foreach=True)`), `lerp_ema`
-  (the same EMA as one `torch._foreach_lerp_` pass, as timm's `ModelEmaV3`: no temporary copy of the weights),
-  `fused_adamw` (+ lerp EMA, `AdamW(fused=True)`) and `compiled` (+ `compile_repeated_blocks(fullgraph=True)`).
+  (the trainer's `training_utils.update_ema`: the same EMA as one `torch._foreach_lerp_` pass, no temporary copy of
+  the weights), `fused_adamw` (+ `AdamW(fused=True)`: the step `train_repa.py` runs), `compiled` (+
+  `compile_repeated_blocks(fullgraph=True)`: `--torch_compile`), and for memory `checkpointed` (`fused_adamw` with
+  gradient checkpointing of the first `--checkpoint_blocks` blocks: `--gradient_checkpointing_blocks`) and
+  `compiled_checkpointed` (`compiled` with the first `--compiled_checkpoint_blocks`).
 
 Both steps run the same DINOv2-shaped encoder (random weights; transformers `Dinov2Model`) on the raw uint8 images,
 the posterior sample, the loss, backward, gradient clipping at 1.0, the optimizer and the EMA update. Not included:
@@ -52,8 +55,10 @@ from diffusers.training_utils import EMAModel
 from diffusers_repa import REPAProjector
 from diffusers_repa.alignment import AlignmentEncoder, REPALoss
 from diffusers_repa.data import sample_posterior
+from diffusers_repa.training_utils import update_ema
 
-OURS = ("eager", "foreach_ema", "lerp_ema", "fused_adamw", "compiled")
+OURS = ("eager", "foreach_ema", "lerp_ema", "fused_adamw", "compiled", "checkpointed", "compiled_checkpointed")
+DEFAULT_VARIANTS = ("eager", "lerp_ema", "fused_adamw", "compiled")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -119,7 +124,9 @@ def official_step(off, s, inputs, encoder, device) -> tuple[Callable[[], None], 
     return step, {"precision": "fp16 autocast + grad scaler" if amp else "fp32", "model": model}
 
 
-def ours_step(variant: str, s, inputs, encoder, device) -> tuple[Callable[[], None], dict[str, Any]]:
+def ours_step(
+    variant: str, s, inputs, encoder, device, checkpoint_blocks: int | None = None
+) -> tuple[Callable[[], None], dict[str, Any]]:
     torch.manual_seed(0)
     with device:
         transformer = our_sit(s)
@@ -137,18 +144,18 @@ def ours_step(variant: str, s, inputs, encoder, device) -> tuple[Callable[[], No
         num_prefix_tokens=1,
         normalize_before_resize=True,
     ).to(device)
-    if variant == "compiled":
+    if checkpoint_blocks is not None:
+        transformer.enable_gradient_checkpointing(num_blocks=checkpoint_blocks)
+    if variant in ("compiled", "compiled_checkpointed"):
         transformer.compile_repeated_blocks(fullgraph=True)
     trainable = list(transformer.parameters()) + list(projector.parameters())
-    fused = variant in ("fused_adamw", "compiled")
+    fused = variant not in ("eager", "foreach_ema", "lerp_ema")
     optimizer = torch.optim.AdamW(
         trainable, lr=1e-4, betas=(0.9, 0.999), weight_decay=0, eps=1e-8, **({"fused": True} if fused else {})
     )
-    if variant in ("eager", "foreach_ema"):
-        ema = EMAModel(transformer.parameters(), decay=0.9999, min_decay=0.9999, foreach=variant == "foreach_ema")
-        ema.to(device)
-    else:
-        ema = LerpEMA(transformer.parameters(), decay=0.9999)
+    ema = EMAModel(transformer.parameters(), decay=0.9999, min_decay=0.9999, foreach=variant == "foreach_ema")
+    ema.to(device)
+    ema_step = ema.step if variant in ("eager", "foreach_ema") else lambda parameters: update_ema(ema, parameters)
     loss_fn = REPALoss(proj_coeff=0.5)
     amp = device.type == "cuda"
 
@@ -161,22 +168,12 @@ def ours_step(variant: str, s, inputs, encoder, device) -> tuple[Callable[[], No
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        ema.step(transformer.parameters())
+        ema_step(transformer.parameters())
 
-    return step, {"precision": "bf16 autocast" if amp else "fp32", "model": transformer}
-
-
-class LerpEMA:
-    """`shadow <- shadow + (1 - decay) * (param - shadow)` for all parameters in one `torch._foreach_lerp_` call."""
-
-    def __init__(self, parameters, decay: float):
-        self.parameters = [parameter for parameter in parameters if parameter.requires_grad]
-        self.shadow = [parameter.detach().clone() for parameter in self.parameters]
-        self.decay = decay
-
-    @torch.no_grad()
-    def step(self, parameters=None) -> None:
-        torch._foreach_lerp_(self.shadow, self.parameters, 1 - self.decay)
+    precision = "bf16 autocast" if amp else "fp32"
+    if checkpoint_blocks is not None:
+        precision += f", first {checkpoint_blocks} blocks checkpointed"
+    return step, {"precision": precision, "model": transformer}
 
 
 def step_flops(s: dict[str, int], batch: int) -> float:
@@ -196,7 +193,18 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny configs on the CPU")
     parser.add_argument("--batch_size", type=int, default=None, help="default: 8 tiny, 256 real")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per candidate (best kept)")
-    parser.add_argument("--variants", default=",".join(OURS), help=f"ours to run, subset of {','.join(OURS)}")
+    parser.add_argument(
+        "--variants", default=",".join(DEFAULT_VARIANTS), help=f"ours to run, a subset of {','.join(OURS)}"
+    )
+    parser.add_argument(
+        "--checkpoint_blocks", type=int, default=None, help="blocks checkpointed in `checkpointed` (12 real, 2 tiny)"
+    )
+    parser.add_argument(
+        "--compiled_checkpoint_blocks",
+        type=int,
+        default=None,
+        help="blocks checkpointed in `compiled_checkpointed` (3 real, 1 tiny)",
+    )
     parser.add_argument(
         "--peak_tflops",
         type=float,
@@ -221,7 +229,13 @@ def main() -> None:
     inputs = make_inputs(s, batch, device)
     encoder = make_encoder(s, device)
     builders = {"official": lambda: official_step(off, s, inputs, encoder, device)}
-    builders.update({f"ours_{v}": (lambda v=v: ours_step(v, s, inputs, encoder, device)) for v in variants})
+    blocks = {
+        "checkpointed": args.checkpoint_blocks or (2 if args.tiny else 12),
+        "compiled_checkpointed": args.compiled_checkpoint_blocks or (1 if args.tiny else 3),
+    }
+    builders.update(
+        {f"ours_{v}": (lambda v=v: ours_step(v, s, inputs, encoder, device, blocks.get(v))) for v in variants}
+    )
 
     results: dict[str, dict[str, Any]] = {}
     if device.type == "cpu" and not args.sequential:  # all fit: interleave

@@ -219,20 +219,41 @@ class TestModelBehaviour:
         assert torch.equal(loaded(x, t, y).sample, model(x, t, y).sample)
 
     def test_gradient_checkpointing_gives_identical_loss_and_gradients(self):
+        """Checkpointing every block or only the first `num_blocks` (exactly those) leaves loss and gradients equal."""
         x, t, y = small_inputs()
         results = []
-        for checkpointing in (False, True):
+        for num_blocks in ("off", None, 1):
             model = small_model().train()
-            if checkpointing:
-                model.enable_gradient_checkpointing()
+            calls = []
+
+            def checkpoint(block, *args, calls=calls):
+                calls.append(block)
+                return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
+
+            if num_blocks != "off":
+                model.enable_gradient_checkpointing(checkpoint, num_blocks=num_blocks)
             torch.manual_seed(5)
             out = model(x, t, y, output_alignment_states=True)
             loss = out.sample.square().mean() + out.alignment_states.mean()
             loss.backward()
             results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-        assert torch.equal(results[0][0], results[1][0])
-        for name, grad in results[0][1].items():
-            assert torch.equal(grad, results[1][1][name]), name
+            blocks = list(model.transformer_blocks)
+            expected = {"off": [], None: blocks, 1: blocks[:1]}[num_blocks]
+            assert calls == expected
+            with torch.no_grad():
+                model(x, t, y)
+            assert calls == expected  # nothing is checkpointed without gradients
+        for loss, grads in results[1:]:
+            assert torch.equal(results[0][0], loss)
+            for name, grad in results[0][1].items():
+                assert torch.equal(grad, grads[name]), name
+
+    @pytest.mark.parametrize("num_blocks", [0, 4, 1.5, True])
+    def test_gradient_checkpointing_refuses_a_block_count_the_model_does_not_have(self, num_blocks):
+        model = small_model()
+        with pytest.raises(ValueError, match=r"`num_blocks` must be an int in \[1, 3\] \(the model's blocks\)"):
+            model.enable_gradient_checkpointing(num_blocks=num_blocks)
+        assert not model.gradient_checkpointing
 
     def test_attention_processor_can_be_swapped(self):
         model = small_model().eval()

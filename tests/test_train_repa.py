@@ -192,7 +192,8 @@ def test_other_official_options_run(workspace, monkeypatch):
             output = original_call(loss_fn, transformer, projector, latents, class_labels, *args, **kwargs)
         finally:
             hook.remove()
-        steps.append((repr(loss_fn), class_labels.tolist(), transformer.is_gradient_checkpointing, set(dtypes)))
+        checkpointing = transformer.is_gradient_checkpointing, transformer.gradient_checkpointing_blocks
+        steps.append((repr(loss_fn), class_labels.tolist(), checkpointing, set(dtypes)))
         return output
 
     encoder_calls, compiled = [], []
@@ -213,8 +214,8 @@ def test_other_official_options_run(workspace, monkeypatch):
     run_training(
         latent_args(
             workspace, output, "--max_train_steps", "2", "--checkpointing_steps", "2", "--legacy", "--weighting",
-            "lognormal", "--path_type", "cosine", "--qk_norm", "--gradient_checkpointing", "--mixed_precision", "bf16",
-            "--cfg_prob", "0.9", "--torch_compile",
+            "lognormal", "--path_type", "cosine", "--qk_norm", "--gradient_checkpointing_blocks", "1",
+            "--mixed_precision", "bf16", "--cfg_prob", "0.9", "--torch_compile",
         )
     )  # fmt: skip
     assert compiled == [{"fullgraph": True}]  # --torch_compile compiles each SiT block (compile_repeated_blocks)
@@ -222,7 +223,7 @@ def test_other_official_options_run(workspace, monkeypatch):
     assert len(steps) == 2
     for loss, _, checkpointing, dtypes in steps:
         assert loss == "REPALoss(path_type='cosine', weighting='lognormal', proj_coeff=0.5)"
-        assert checkpointing and dtypes == {torch.bfloat16}
+        assert checkpointing == (True, 1) and dtypes == {torch.bfloat16}  # the first block only
     labels = [label for _, step_labels, _, _ in steps for label in step_labels]
     assert labels.count(3) >= len(labels) // 2  # --legacy already dropped ~90% of them to the null class (id 3)
     transformer = SiTTransformer2DModel.from_pretrained(output, subfolder="transformer")

@@ -145,19 +145,17 @@ def test_with_a_fused_optimizer_a_non_finite_step_is_skipped_on_the_device_and_s
 ):
     """The GPU path (fused AdamW, no per-step host sync), forced on the CPU: the poisoned step 3 never reaches the
     weights or the EMA, nothing is saved after it, and the run stops at the next logging step with the step named."""
-    from diffusers.training_utils import EMAModel
+    original_update_ema, finite = train_repa.update_ema, []
 
-    original_ema_step, finite = EMAModel.step, []
-
-    def ema_step(self, parameters):
+    def update_ema(ema, parameters):
         parameters = list(parameters)
         finite.append(all(torch.isfinite(parameter).all() for parameter in parameters))
-        original_ema_step(self, parameters)
-        finite[-1] &= all(torch.isfinite(shadow).all() for shadow in self.shadow_params)
+        original_update_ema(ema, parameters)
+        finite[-1] &= all(torch.isfinite(shadow).all() for shadow in ema.shadow_params)
 
     monkeypatch.setattr(train_repa, "use_fused_optimizer", lambda device: True)
     poison_loss(monkeypatch, call=3)
-    monkeypatch.setattr(EMAModel, "step", ema_step)
+    monkeypatch.setattr(train_repa, "update_ema", update_ema)
     output = tmp_path / "run"
     argv = latent_args(
         workspace, output, "--max_train_steps", "8", "--checkpointing_steps", "2", "--logging_steps", "4"
@@ -230,8 +228,9 @@ def test_bad_images_are_converted_or_skipped_and_counted(tmp_path, workspace):
         ),
         (["--batch_size", "6", "--gradient_accumulation_steps", "4"], r"--batch_size 6 .* divisible"),
         (["--validation_class_labels", "0", "3"], r"--validation_class_labels \[3\] are not class ids in \[0, 2\]"),
+        (["--gradient_checkpointing_blocks", "3"], r"--gradient_checkpointing_blocks must be in \[1, 2\] \(the SiT"),
     ],
-    ids=["depth", "resolution", "encoder-tokens", "batch", "validation-labels"],
+    ids=["depth", "resolution", "encoder-tokens", "batch", "validation-labels", "checkpointed-blocks"],
 )
 def test_mismatches_fail_before_the_first_step(workspace, tmp_path, monkeypatch, extra, message):
     def first_step(*args, **kwargs):
@@ -268,6 +267,7 @@ def test_resolution_the_encoder_cannot_use_fails_before_the_first_step(workspace
         (["--latent_scale", "0"], "--latent_scale must be a finite non-zero number"),
         (["--max_grad_norm", "nan"], "--max_grad_norm must be a number"),
         (["--validation_steps", "0"], "--validation_steps must be a positive integer"),
+        (["--gradient_checkpointing_blocks", "0"], "--gradient_checkpointing_blocks must be a positive integer"),
         (["--model_kwargs", "[1, 2]"], "expected a JSON object"),
         (["--model_kwargs", "{num_layers: 2}"], "not valid JSON"),
         (["--overwrite_output_dir", "--resume_from_checkpoint", "latest"], "cannot be combined"),

@@ -465,3 +465,33 @@ def test_compile_blocks_compiles_the_repeated_blocks_or_refuses_in_one_sentence(
     assert calls == [{"fullgraph": True}]
     with pytest.raises(ValueError, match=r"Linear declares none .* run without --torch_compile"):
         compile_blocks(torch.nn.Linear(2, 2))
+
+
+def test_update_ema_is_diffusers_ema_step_in_place_and_keeps_its_bookkeeping():
+    """The one-pass EMA equals `EMAModel.step` over several steps (decay schedule, frozen copy, step count), and the
+    trainer's optimizer is fused on the CPU and CUDA only."""
+    from diffusers.training_utils import EMAModel
+
+    from diffusers_repa.training_utils import update_ema, use_fused_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    model[1].weight.requires_grad_(False)  # a frozen weight is copied, not averaged
+    reference = EMAModel(model.parameters(), decay=0.99, min_decay=0.1, foreach=True)
+    ours = EMAModel(model.parameters(), decay=0.99, min_decay=0.1, foreach=True)
+    shadows = [shadow.data_ptr() for shadow in ours.shadow_params]
+    for _ in range(5):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter))
+        reference.step(model.parameters())
+        update_ema(ours, model.parameters())
+        assert ours.cur_decay_value == reference.cur_decay_value
+        for got, expected in zip(ours.shadow_params, reference.shadow_params):
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+    assert ours.optimization_step == reference.optimization_step == 5
+    assert 0.1 < ours.cur_decay_value < 0.99  # the warm-up part of the schedule was exercised
+    assert torch.equal(ours.shadow_params[2], model[1].weight)  # the frozen weight follows exactly
+    assert [shadow.data_ptr() for shadow in ours.shadow_params] == shadows  # updated in place
+    assert use_fused_optimizer(torch.device("cpu")) and use_fused_optimizer(torch.device("cuda", 0))
+    assert not use_fused_optimizer(torch.device("meta"))

@@ -76,6 +76,7 @@ from diffusers_repa.training_utils import (
     save_final_outputs,
     tracker_config,
     training_dataloader,
+    update_ema,
     use_fused_optimizer,
     write_json_atomically,
 )
@@ -98,9 +99,9 @@ RESUME_CAN_CHANGE = (
     "validation_class_labels", "validation_num_inference_steps", "validation_guidance_scale", "logging_dir",
     "report_to", "tracker_project_name", "push_to_hub", "push_checkpoints_to_hub", "hub_model_id", "hub_private_repo",
     "dataloader_num_workers", "cache_dir", "vae", "vae_subfolder", "allow_tf32", "gradient_checkpointing",
-    "torch_compile", "logging_steps", "fid_steps", "fid_num_samples", "fid_reference", "fid_reference_split",
-    "fid_reference_num_images", "fid_num_inference_steps", "fid_guidance_scale", "fid_batch_size", "cknna_steps",
-    "cknna_num_images",
+    "gradient_checkpointing_blocks", "torch_compile", "logging_steps", "fid_steps", "fid_num_samples", "fid_reference",
+    "fid_reference_split", "fid_reference_num_images", "fid_num_inference_steps", "fid_guidance_scale",
+    "fid_batch_size", "cknna_steps", "cknna_num_images",
 )  # fmt: skip
 RESUME_NOT_COMPARED = ("config", "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "encoders")
 
@@ -215,7 +216,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     optim.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls and convolutions on Ampere+.")
-    optim.add_argument("--gradient_checkpointing", action="store_true")
+    optim.add_argument("--gradient_checkpointing", action="store_true", help="Recompute activations in backward.")
+    optim.add_argument(
+        "--gradient_checkpointing_blocks",
+        type=int,
+        default=None,
+        help="Checkpoint only the first N SiT blocks (implies --gradient_checkpointing): memory and time scale with N, "
+        "so a batch that almost fits pays part of the slow-down (SiT-XL/2 at batch 256 in 80 GB: see README).",
+    )
     optim.add_argument(
         "--torch_compile", action="store_true", help="Compile each transformer block (compile_repeated_blocks)."
     )
@@ -329,7 +337,7 @@ def build_transformer(args: argparse.Namespace, data: DatasetInfo) -> SiTTransfo
             qk_norm=args.qk_norm,
             alignment_depth=8 if args.alignment_depth is None else args.alignment_depth,
         )
-        return SiTTransformer2DModel(**{**config, **args.model_kwargs})
+        return check_checkpointed_blocks(args, SiTTransformer2DModel(**{**config, **args.model_kwargs}))
     transformer = SiTTransformer2DModel.from_pretrained(
         args.pretrained_model_name_or_path, subfolder="transformer", revision=args.revision, cache_dir=args.cache_dir
     )
@@ -343,6 +351,14 @@ def build_transformer(args: argparse.Namespace, data: DatasetInfo) -> SiTTransfo
                 f"--alignment_depth must be in [1, {transformer.config.num_layers}], got {args.alignment_depth}."
             )
         transformer.register_to_config(alignment_depth=args.alignment_depth)
+    return check_checkpointed_blocks(args, transformer)
+
+
+def check_checkpointed_blocks(args: argparse.Namespace, transformer: SiTTransformer2DModel) -> SiTTransformer2DModel:
+    """Refuse a --gradient_checkpointing_blocks the SiT does not have, before any training."""
+    blocks, depth = args.gradient_checkpointing_blocks, transformer.config.num_layers
+    if blocks is not None and not 1 <= blocks <= depth:
+        raise ValueError(f"--gradient_checkpointing_blocks must be in [1, {depth}] (the SiT's blocks), got {blocks}.")
     return transformer
 
 
@@ -378,8 +394,8 @@ def prepare_for_training(
         transformer.add_adapter(
             LoraConfig(r=args.lora_rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=modules)
         )
-    if args.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+    if args.gradient_checkpointing or args.gradient_checkpointing_blocks is not None:
+        transformer.enable_gradient_checkpointing(num_blocks=args.gradient_checkpointing_blocks)
     if args.torch_compile:  # each SiT block (compile_repeated_blocks), as the measured fast path
         compile_blocks(transformer)
     transformer.train()
@@ -554,7 +570,7 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
                 continue
             # 5. The EMA of the weights after this step.
             if ema is not None:
-                ema.step(unwrapped.parameters())
+                update_ema(ema, unwrapped.parameters())
             state.global_step += 1
             metrics.add_step(grad_norm)
             progress_bar.update(1)

@@ -8,7 +8,7 @@ the official `sihyun-yu/REPA` `models/sit.py` number for number (see `tests/test
 """
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,7 +264,41 @@ class SiTTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, Attenti
         self.proj_out_1 = nn.Linear(hidden_size, 2 * hidden_size)  # -> shift, scale
         self.proj_out_2 = nn.Linear(hidden_size, patch_size * patch_size * self.out_channels)
         self.gradient_checkpointing = False
+        self.gradient_checkpointing_blocks: int | None = None  # None: all blocks (see `enable_gradient_checkpointing`)
         self._initialize_weights()
+
+    def enable_gradient_checkpointing(
+        self, gradient_checkpointing_func: Callable | None = None, num_blocks: int | None = None
+    ) -> None:
+        """
+        diffusers' gradient checkpointing (activations recomputed in the backward pass), of every block or of the first
+        `num_blocks` only: memory falls and time rises about in proportion to the checkpointed blocks, so a training
+        batch that almost fits costs only part of full checkpointing's slow-down. Gradients are the same either way.
+
+        Args:
+            gradient_checkpointing_func (`Callable`, *optional*): As in diffusers (`torch.utils.checkpoint` by default).
+            num_blocks (`int`, *optional*): How many of the first blocks to checkpoint, in `[1, num_layers]`; all when
+                not given.
+
+        Example:
+
+        ```py
+        >>> from diffusers_repa import SiTTransformer2DModel
+        >>> model = SiTTransformer2DModel.from_preset("SiT-S/8", sample_size=8, num_classes=2, alignment_depth=1)
+        >>> model.enable_gradient_checkpointing(num_blocks=4)  # 4 of SiT-S's 12 blocks
+        >>> model.gradient_checkpointing, model.gradient_checkpointing_blocks
+        (True, 4)
+
+        ```
+        """
+        num_layers = len(self.transformer_blocks)
+        if num_blocks is not None and (type(num_blocks) is not int or not 1 <= num_blocks <= num_layers):
+            raise ValueError(
+                f"`num_blocks` must be an int in [1, {num_layers}] (the model's blocks), got {num_blocks!r}; leave it "
+                "out to checkpoint every block."
+            )
+        super().enable_gradient_checkpointing(gradient_checkpointing_func)
+        self.gradient_checkpointing_blocks = num_blocks
 
     @classmethod
     def from_preset(cls, name: str, **config_overrides: Any) -> "SiTTransformer2DModel":
@@ -438,8 +472,9 @@ class SiTTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, Attenti
         conditioning = self.timestep_embedder(timestep_features) + self.class_embedder(class_labels)
 
         alignment_states = None
+        checkpointed = self.gradient_checkpointing_blocks or len(self.transformer_blocks)  # the first blocks
         for index, block in enumerate(self.transformer_blocks):
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
+            if torch.is_grad_enabled() and self.gradient_checkpointing and index < checkpointed:
                 hidden_states = self._gradient_checkpointing_func(block, hidden_states, conditioning)
             else:
                 hidden_states = block(hidden_states, conditioning)

@@ -697,7 +697,7 @@ _POSITIVE_OPTIONS = (
     "batch_size", "gradient_accumulation_steps", "max_train_steps", "num_train_epochs", "checkpointing_steps",
     "checkpoints_total_limit", "validation_steps", "validation_num_inference_steps", "resolution", "projector_dim",
     "alignment_depth", "num_classes", "lora_rank", "logging_steps", "fid_num_inference_steps", "fid_batch_size",
-    "fid_reference_num_images",
+    "fid_reference_num_images", "gradient_checkpointing_blocks",
 )  # fmt: skip
 # The valid values of `train_repa.py`'s numeric options (None, where allowed, means "not set"); NaN fails every check.
 TRAINING_OPTION_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -1227,8 +1227,57 @@ def compile_blocks(model: torch.nn.Module) -> None:
 
 
 def use_fused_optimizer(device: torch.device) -> bool:
-    """Whether the trainer uses `AdamW(fused=True)` (one kernel per step, and a device-side non-finite guard): CUDA."""
-    return torch.device(device).type == "cuda"
+    """
+    Whether the trainer uses `AdamW(fused=True)` (one kernel for all tensors per step, and a device-side non-finite
+    guard, [`NonFiniteGuard`] in deferred mode): on CUDA and on the CPU, where PyTorch's default AdamW loops over our
+    87-409 weight tensors and costs the step ~10% at small sizes (`benchmarks/RESULTS.md`). Other devices keep the
+    default implementation.
+    """
+    return torch.device(device).type in ("cuda", "cpu")
+
+
+@torch.no_grad()
+def update_ema(ema: "EMAModel", parameters: Iterable[torch.nn.Parameter]) -> None:
+    """
+    `ema.step(parameters)` in one in-place pass: `shadow <- shadow + (1 - decay) * (param - shadow)` as one
+    `torch._foreach_lerp_`. diffusers' `EMAModel.step(foreach=True)` computes the same update through a temporary
+    `shadow - param` of every weight (2.5 GiB more peak memory for SiT-XL/2, and two more passes over the weights);
+    its decay schedule (`get_decay`), step count and frozen-parameter copy are kept, so its checkpoints and
+    `cur_decay_value` are unchanged.
+
+    Args:
+        ema (`EMAModel`): diffusers' EMA of the model whose `parameters` are given.
+        parameters (`Iterable[torch.nn.Parameter]`): The trained weights, in the order `ema` was built with.
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from diffusers.training_utils import EMAModel
+    >>> from diffusers_repa.training_utils import update_ema
+    >>> weight = torch.nn.Parameter(torch.ones(2))
+    >>> ema = EMAModel([weight], decay=0.9, min_decay=0.9)
+    >>> update_ema(ema, [weight])  # diffusers' first update copies the weights (decay 0)
+    >>> with torch.no_grad():
+    ...     _ = weight.fill_(2.0)
+    >>> update_ema(ema, [weight])  # 1 + (1 - 0.9) * (2 - 1)
+    >>> [round(value, 6) for value in ema.shadow_params[0].tolist()], ema.cur_decay_value
+    ([1.1, 1.1], 0.9)
+
+    ```
+    """
+    parameters = list(parameters)
+    ema.optimization_step += 1
+    decay = ema.cur_decay_value = ema.get_decay(ema.optimization_step)
+    pairs = list(zip(ema.shadow_params, parameters))
+    trained = [(shadow, param) for shadow, param in pairs if param.requires_grad]
+    frozen = [(shadow, param) for shadow, param in pairs if not param.requires_grad]
+    if trained:
+        shadows, params = zip(*trained)
+        torch._foreach_lerp_(list(shadows), list(params), 1.0 - decay)
+    if frozen:
+        shadows, params = zip(*frozen)
+        torch._foreach_copy_(list(shadows), list(params))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
