@@ -9,7 +9,11 @@ initial noise:
 * `exact`: `REPAPipeline(...)` with the default `fast=False` (float64 state, the model in float32);
 * `fast`: `REPAPipeline(..., fast=True)`: float32 state, bf16 autocast on CUDA (float32 on CPU), no host syncs;
 * `fast_fused_qkv` (opt-in with `--modes`): `fast` on a copy of the model after `fuse_qkv_projections()`;
-* `fast_compiled` (CUDA, `--compile`): `fast` after `transformer.compile_repeated_blocks(fullgraph=True)`.
+* `fast_compiled` (CUDA, `--compile`): `fast` after `transformer.compile_repeated_blocks(fullgraph=True)`;
+* `fast_cudagraphs` (CUDA, `--compile`): `fast` after
+  `transformer.compile(mode="reduce-overhead", fullgraph=True, dynamic=False)`, the whole model compiled and
+  replayed as CUDA graphs (one static graph per batch shape: with and without guidance), which
+  removes the per-kernel launch cost of the 250-call loop. A candidate that fails is reported, the others still run.
 
 The official SDE draws its noise from the global generator; ours from a generator seeded the same, so both see the
 same noise and the table reports the relative L2 difference of the final latents (`exact` vs `official`, and
@@ -74,7 +78,11 @@ def build_models(off, tiny: bool, device: torch.device) -> tuple[torch.nn.Module
     return official, ours
 
 
-def count_calls(module: torch.nn.Module, fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
+def count_calls(module: torch.nn.Module | None, fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int | None]:
+    """`fn()` and the number of calls of `module` it made (None for no module: a hook would be traced into a
+    whole-model compile and recompile it)."""
+    if module is None:
+        return fn(), None
     calls = []
     handle = module.register_forward_pre_hook(lambda m, args: calls.append(1))
     try:
@@ -92,7 +100,9 @@ def main() -> None:
     parser.add_argument(
         "--modes", default=",".join(DEFAULT_MODES), help=f"subset of {','.join(MODES)} (default: %(default)s)"
     )
-    parser.add_argument("--compile", action="store_true", help="CUDA: add fast_compiled (compile_repeated_blocks)")
+    parser.add_argument(
+        "--compile", action="store_true", help="CUDA: add fast_compiled (per block) and fast_cudagraphs (whole model)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="override the steps of every sampler (quick checks)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per candidate (default: 5 CPU, 1 CUDA)")
     parser.add_argument("--seed", type=int, default=0)
@@ -105,10 +115,13 @@ def main() -> None:
     if set(samplers) - set(SAMPLERS) or set(modes) - set(MODES):
         parser.error(f"--samplers must be a subset of {','.join(SAMPLERS)} and --modes of {','.join(MODES)}")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    if args.compile and device.type != "cuda":
-        parser.error("--compile is for the CUDA run (inductor on CPU is slower to build than the runs it speeds up)")
+    if args.compile and device.type != "cuda" and not args.sequential:
+        parser.error(
+            "--compile is for the CUDA run (inductor on CPU is slower to build than the runs it speeds up); add "
+            "--sequential to try its code path on the CPU"
+        )
     if args.compile:
-        modes.append("fast_compiled")
+        modes += ["fast_compiled", "fast_cudagraphs"]
     batch = args.batch_size or (8 if args.tiny else 64)
     repeats = args.repeats or (5 if device.type == "cpu" else 1)
     logging.set_verbosity_error()
@@ -124,12 +137,11 @@ def main() -> None:
     if "fast_fused_qkv" in modes:
         fused = copy.deepcopy(transformer)
         fused.fuse_qkv_projections()
-    compiled = None
-    if "fast_compiled" in modes:  # a copy, so that the other candidates keep the eager model
-        compiled = copy.deepcopy(transformer)
-        start = time.perf_counter()
+    compiled = graphed = None
+    if args.compile:  # copies, so that the other candidates keep the eager model
+        compiled, graphed = copy.deepcopy(transformer), copy.deepcopy(transformer)
         compiled.compile_repeated_blocks(fullgraph=True)
-        compile_call_s = time.perf_counter() - start
+        graphed.compile(mode="reduce-overhead", fullgraph=True, dynamic=False)  # one static graph per batch shape
 
     results, rows = {}, []
     for sampler in samplers:
@@ -138,8 +150,9 @@ def main() -> None:
         pipeline = REPAPipeline(transformer, scheduler_cls(), latent_scale=1.0)
         pipeline.set_progress_bar_config(disable=True)
         compiled_pipeline = REPAPipeline(compiled, scheduler_cls(), latent_scale=1.0) if compiled else None
+        graphed_pipeline = REPAPipeline(graphed, scheduler_cls(), latent_scale=1.0) if graphed else None
         fused_pipeline = REPAPipeline(fused, scheduler_cls(), latent_scale=1.0) if fused else None
-        for other in (compiled_pipeline, fused_pipeline):
+        for other in (compiled_pipeline, graphed_pipeline, fused_pipeline):
             if other is not None:
                 other.set_progress_bar_config(disable=True)
 
@@ -175,6 +188,7 @@ def main() -> None:
             "fast": lambda steps=steps: ours(True, steps),
             "fast_fused_qkv": lambda steps=steps, p=fused_pipeline: ours(True, steps, pipeline=p),
             "fast_compiled": lambda steps=steps, p=compiled_pipeline: ours(True, steps, pipeline=p),
+            "fast_cudagraphs": lambda steps=steps, p=graphed_pipeline: ours(True, steps, pipeline=p),
         }
         models = {
             "official": official_model,
@@ -182,6 +196,7 @@ def main() -> None:
             "fast": transformer,
             "fast_fused_qkv": fused,
             "fast_compiled": compiled,
+            "fast_cudagraphs": None,  # the same calls as `fast`
         }
         candidates = {name: candidates[name] for name in modes}
         outputs, calls, seconds = {}, {}, {}
@@ -191,29 +206,36 @@ def main() -> None:
             seconds = best_times(candidates, device, repeats, warmup=0)
         else:  # CUDA: a 3-step warm-up (unguided and guided batch shapes; compiles), then timed full runs
             for name, fn in candidates.items():
-                start = time.perf_counter()
-                fn(steps=min(steps, 3))
-                synchronize(device)
-                if name == "fast_compiled":
-                    results[f"{sampler}/compiled_warmup_s"] = time.perf_counter() - start + compile_call_s
-                for _ in range(repeats):
+                try:
                     start = time.perf_counter()
-                    outputs[name], calls[name] = count_calls(models[name], fn)
+                    fn(steps=min(steps, 3))
                     synchronize(device)
-                    seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - start)
+                    results[f"{sampler}/{name}/warmup_s"] = time.perf_counter() - start
+                    for _ in range(repeats):
+                        start = time.perf_counter()
+                        outputs[name], calls[name] = count_calls(models[name], fn)
+                        synchronize(device)
+                        seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - start)
+                except Exception as error:  # report it and go on: one GPU call measures everything else
+                    results[f"{sampler}/{name}/error"] = f"{type(error).__name__}: {str(error)[:300]}"
+                    outputs.pop(name, None), seconds.pop(name, None)
         reference = {
             "official": None,
             "exact": "official",
             "fast": "exact",
             "fast_fused_qkv": "exact",
             "fast_compiled": "exact",
+            "fast_cudagraphs": "exact",
         }
         for name in candidates:
+            if name not in seconds:
+                rows.append([sampler, steps, name, "-", "-", "-", "-", results[f"{sampler}/{name}/error"]])
+                continue
             rate = batch / seconds[name]
             against = reference[name] if reference[name] in outputs else None
             record = {
                 "steps": steps,
-                "model_calls": calls[name],
+                "model_calls": calls[name] if calls[name] is not None else calls.get("fast"),
                 "s_per_batch": seconds[name],
                 "images_per_s": rate,
                 "vs_official": rate * seconds["official"] / batch if "official" in seconds else None,
@@ -226,7 +248,7 @@ def main() -> None:
                     sampler,
                     steps,
                     name,
-                    calls[name],
+                    record["model_calls"],
                     seconds[name],
                     rate,
                     record["vs_official"],

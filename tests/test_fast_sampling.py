@@ -116,6 +116,20 @@ def test_fast_mode_batches_guidance_like_exact_mode(repa_tiny_sit):
     assert [batch for batch, _ in batches[True]][:6] == [2] * 6 and batches[True][-1][0] == 4
 
 
+def test_the_model_gets_its_own_time_tensor_so_a_compiled_model_does_not_recompile_every_step(repa_tiny_sit):
+    """The time given to the model is a fresh tensor, not a view into the scheduler's `timesteps`: a view's offset
+    changes every step, and `torch.compile` recompiled on it until its limit (found by `bench_sampling.py`)."""
+    pipeline = latent_pipeline(repa_tiny_sit, SiTEulerMaruyamaScheduler())
+    offsets = []
+    handle = repa_tiny_sit.register_forward_pre_hook(lambda module, args: offsets.append(args[1].storage_offset()))
+    try:
+        for fast in (False, True):
+            pipeline([1, 2], num_inference_steps=4, generator=torch.manual_seed(0), output_type="latent", fast=fast)
+    finally:
+        handle.remove()
+    assert offsets == [0] * 8
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -473,8 +473,9 @@ class REPAPipeline(DiffusionPipeline):
                 guided = self._guidance_scale > 1 and low <= scheduler.guidance_time <= high
                 model_input = torch.cat([latents, latents]) if guided else latents
                 model_labels = guided_labels if guided else labels
-                # t stays float32 for low-precision models: casting it to bf16 would quantise the time.
-                model_time = t.to(torch.float32).expand(model_input.shape[0])
+                # t stays float32 for low-precision models: casting it to bf16 would quantise the time. A copy, not a
+                # view into `timesteps` whose offset changes every step (a compiled model would recompile on it).
+                model_time = t.to(torch.float32, copy=True).expand(model_input.shape[0])
                 with _model_autocast(device, autocast_dtype):
                     velocity = self.transformer(
                         model_input.to(model_dtype),
