@@ -22,13 +22,15 @@ instead, and only the adapter is saved. The plumbing (data, checkpoints, resumes
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
+from accelerate.state import PartialState
+from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, parse_flag_from_env, set_seed
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -71,6 +73,7 @@ from diffusers_repa.training_utils import (
     public_args,
     read_config_file,
     register_checkpoint_hooks,
+    resolve_fast_settings,
     resume_options,
     save_checkpoint,
     save_final_outputs,
@@ -102,6 +105,9 @@ RESUME_CAN_CHANGE = (
     "gradient_checkpointing_blocks", "torch_compile", "logging_steps", "fid_steps", "fid_num_samples", "fid_reference",
     "fid_reference_split", "fid_reference_num_images", "fid_num_inference_steps", "fid_guidance_scale",
     "fid_batch_size", "cknna_steps", "cknna_num_images",
+    # Speed, not maths: the weights, optimizer state and EMA are float32 under any autocast; a change to fp16 is
+    # refused by `resume_options` (the checkpoint holds no loss-scaler state).
+    "fast", "mixed_precision",
 )  # fmt: skip
 RESUME_NOT_COMPARED = ("config", "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "encoders")
 
@@ -214,7 +220,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument(
         "--ema_decay", type=float, default=0.9999, help="Constant EMA decay (the first update copies the weights)."
     )
-    optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    optim.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="Autocast precision (default: accelerate's, or bf16 with --fast on CUDA). A resume may change it, "
+        "except to fp16 (the checkpoint would lack its loss-scaler state).",
+    )
     optim.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls and convolutions on Ampere+.")
     optim.add_argument("--gradient_checkpointing", action="store_true", help="Recompute activations in backward.")
     optim.add_argument(
@@ -226,6 +238,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     optim.add_argument(
         "--torch_compile", action="store_true", help="Compile each transformer block (compile_repeated_blocks)."
+    )
+    optim.add_argument(
+        "--fast",
+        action="store_true",
+        help="The measured fast path. On CUDA: bf16 mixed precision (unless --mixed_precision or accelerate launch's "
+        "precision is given), TF32 matmuls and --torch_compile; on every device: validation grids, the final grid and "
+        "FID samples in the pipeline's fast mode (fast=True). On other devices (CPU) only the sampling: bf16 is 2-3.5x "
+        "slower there and compiling costs more than short runs gain. What it turned on is recorded in "
+        "training_args.json; a resume may add or remove it.",
     )
     optim.add_argument("--seed", type=int, default=0, help="Process i uses seed + i, as officially.")
 
@@ -417,6 +438,16 @@ def prepare_for_training(
     return ema, trainable, optimizer, lr_scheduler
 
 
+def run_uses_cuda() -> bool:
+    """
+    Whether the run's `Accelerator` will be on CUDA, asked before it is built (for `--fast`): accelerate's own choice
+    of device, made once for the process (`PartialState`, which the `Accelerator` then reuses), with
+    `ACCELERATE_USE_CPU` (`accelerate launch --cpu`) read as the `Accelerator` reads it. So a CPU launch on a GPU
+    machine counts as the CPU, which `torch.cuda.is_available()` alone would get wrong.
+    """
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device.type == "cuda"
+
+
 def main(args: argparse.Namespace) -> None:
     """Train as the options say. SIGTERM, SIGINT and SIGUSR1 stop the run after the current step, with a checkpoint."""
     with StopSignal() as stop:
@@ -425,6 +456,13 @@ def main(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace, stop: StopSignal) -> None:
     output_dir = Path(args.output_dir)
+    # --fast decides the mixed precision, so it is resolved before the Accelerator is built; the values the run uses
+    # replace the options, so that training_args.json, the trackers and the model card record them.
+    fast = resolve_fast_settings(
+        args, cuda=run_uses_cuda(), compile_supported=torch._dynamo.is_dynamo_supported(),
+        launcher_precision=os.environ.get("ACCELERATE_MIXED_PRECISION"),
+    )  # fmt: skip
+    args = argparse.Namespace(**{**vars(args), **fast.as_args()})
     accumulation = GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False)
     accelerator = Accelerator(
         gradient_accumulation_plugin=accumulation,
@@ -436,6 +474,8 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
     )
     configure_logging(accelerator)
     logger.info(accelerator.state, main_process_only=False)
+    if fast.notes:
+        logger.info(" ".join(fast.notes))
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 

@@ -1226,6 +1226,81 @@ def compile_blocks(model: torch.nn.Module) -> None:
     model.compile_repeated_blocks(fullgraph=True)
 
 
+@dataclass(frozen=True)
+class FastSettings:
+    """
+    The speed options of a `train_repa.py` run after [`resolve_fast_settings`]: the values the run uses (and records
+    in `training_args.json`), and one sentence per decision `--fast` took that the user may not expect (empty
+    without `--fast`). Sampling while training (validation grids, FID samples) is in fast mode exactly when `--fast`
+    is given, on every device.
+    """
+
+    mixed_precision: str | None
+    allow_tf32: bool
+    torch_compile: bool
+    notes: tuple[str, ...] = ()
+
+    def as_args(self) -> dict[str, Any]:
+        """The resolved values under the trainer's option names."""
+        return dict(mixed_precision=self.mixed_precision, allow_tf32=self.allow_tf32, torch_compile=self.torch_compile)
+
+
+def resolve_fast_settings(
+    args: argparse.Namespace, cuda: bool, launcher_precision: str | None = None, compile_supported: bool = True
+) -> FastSettings:
+    r"""
+    What `train_repa.py --fast` turns on, given the parsed options (`fast`, `mixed_precision`, `allow_tf32`,
+    `torch_compile`), whether the run's device is CUDA, the precision `accelerate launch` chose
+    (`ACCELERATE_MIXED_PRECISION`, None when not launched by it) and whether `torch.compile` works here.
+
+    On CUDA, `--fast` is the measured fast path of `benchmarks/RESULTS.md`: bf16 mixed precision, TF32 matmuls and
+    `--torch_compile` (each SiT block). An explicit choice wins: `--mixed_precision` (command line or `--config`), or a
+    launcher precision other than `"no"` (`"no"` is `accelerate launch`'s default, not a choice; pass
+    `--mixed_precision no` to keep float32 with `--fast`). Compilation is skipped where `torch.compile` does not work.
+    Elsewhere (CPU), bf16 runs 2-3.5x slower without bf16 matrix units and compiling costs more than short runs
+    gain, so `--fast` turns on nothing but fast sampling; explicit `--mixed_precision`, `--allow_tf32` and
+    `--torch_compile` are kept. Pure: nothing is changed or logged.
+
+    Example:
+
+    ```py
+    >>> import argparse
+    >>> from diffusers_repa.training_utils import resolve_fast_settings
+    >>> args = argparse.Namespace(fast=True, mixed_precision=None, allow_tf32=False, torch_compile=False)
+    >>> resolve_fast_settings(args, cuda=True).as_args()
+    {'mixed_precision': 'bf16', 'allow_tf32': True, 'torch_compile': True}
+    >>> resolve_fast_settings(args, cuda=False).as_args()
+    {'mixed_precision': None, 'allow_tf32': False, 'torch_compile': False}
+
+    ```
+    """
+    given = FastSettings(args.mixed_precision, args.allow_tf32, args.torch_compile)
+    if not getattr(args, "fast", False):
+        return given
+    if not cuda:
+        skipped = [
+            "bf16 mixed precision (2-3.5x slower on CPUs without bf16 matrix units)" * (args.mixed_precision is None),
+            "TF32 (a CUDA feature)" * (not args.allow_tf32),
+            "--torch_compile (compiling costs more than a short CPU run gains)" * (not args.torch_compile),
+        ]
+        note = "--fast on a device other than CUDA: the validation and FID samples run in fast mode"
+        if any(skipped):
+            note += f". Not turned on (pass them explicitly to have them anyway): {', '.join(filter(None, skipped))}"
+        return FastSettings(*given.as_args().values(), notes=(note + ".",))
+    notes = []
+    mixed_precision = args.mixed_precision
+    if mixed_precision is not None:
+        notes.append(f"--fast keeps --mixed_precision {mixed_precision} (given explicitly) instead of bf16.")
+    elif launcher_precision not in (None, "", "no"):
+        notes.append(f"--fast keeps the precision accelerate launch chose ({launcher_precision}) instead of bf16.")
+    else:
+        mixed_precision = "bf16"
+    torch_compile = args.torch_compile or compile_supported
+    if not torch_compile:
+        notes.append("--fast does not compile: torch.compile does not support this Python or platform.")
+    return FastSettings(mixed_precision, True, torch_compile, tuple(notes))
+
+
 def use_fused_optimizer(device: torch.device) -> bool:
     """
     Whether the trainer uses `AdamW(fused=True)` (one kernel for all tensors per step, and a device-side non-finite
@@ -1315,18 +1390,22 @@ class PipelineSpec:
 
 @dataclass(frozen=True)
 class ValidationSettings:
-    """The validation grid: its classes, the Euler ODE steps, the guidance scale and the seed of its fixed noise."""
+    """The validation grid: its classes, the Euler ODE steps, the guidance scale, the seed of its fixed noise and
+    whether the pipeline samples in fast mode (`REPAPipeline(..., fast=True)`, `train_repa.py --fast`)."""
 
     class_labels: tuple[int, ...]
     num_inference_steps: int = 50
     guidance_scale: float = 4.0
     seed: int = 0
+    fast: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, num_classes: int) -> "ValidationSettings":
-        """`train_repa.py`'s `--validation_*` options (the classes checked against `num_classes`) and `--seed`."""
+        """`train_repa.py`'s `--validation_*` options (the classes checked against `num_classes`), `--seed` and
+        `--fast`."""
         labels = validation_labels(args.validation_class_labels, num_classes)
-        return cls(labels, args.validation_num_inference_steps, args.validation_guidance_scale, args.seed)
+        return cls(labels, args.validation_num_inference_steps, args.validation_guidance_scale, args.seed,
+                   getattr(args, "fast", False))  # fmt: skip
 
 
 def validation_labels(requested: Sequence[int] | None, num_classes: int) -> tuple[int, ...]:
@@ -1372,6 +1451,7 @@ def sample_grid(pipeline: REPAPipeline, settings: ValidationSettings) -> "Image.
         guidance_interval=(0.0, 1.0),
         generator=image_generators(settings.seed, range(len(labels))),
         output_type="np",
+        fast=settings.fast,
     ).images
     captions = [caption(pipeline, label) for label in labels]
     scale = max(1, 128 // images.shape[1])  # small images are enlarged so that they (and their captions) are legible
@@ -1461,7 +1541,8 @@ def resume_options(
     """
     Compare this command's options with those `resume_path` was trained with ([`compare_resume_args`]): refused
     changes raise one error listing them all (turning the alignment on or off by `proj_coeff` is refused too: it adds
-    or removes the projector); the others are logged and returned, with `run_args` plus the history of changes.
+    or removes the projector; so is a change of `mixed_precision` to fp16: the checkpoint holds no loss-scaler
+    state); the others are logged and returned, with `run_args` plus the history of changes.
     """
     saved = load_resume_args(resume_path)
     if saved is None:
@@ -1470,6 +1551,8 @@ def resume_options(
     diff = compare_resume_args(saved, run_args, applicable, ignored)
     if "proj_coeff" in diff.applied and (saved["proj_coeff"] > 0) != (run_args["proj_coeff"] > 0):
         diff.refused["proj_coeff"] = diff.applied.pop("proj_coeff")
+    if diff.applied.get("mixed_precision", (None, None))[1] == "fp16":  # accelerate would look for its scaler.pt
+        diff.refused["mixed_precision"] = diff.applied.pop("mixed_precision")
     if diff.refused:
         raise ValueError(diff.refusal(resume_path))
     step = json.loads((resume_path / TRAINING_STATE).read_text())["global_step"]
@@ -1659,7 +1742,8 @@ class TrainingEvaluation:
         if args.fid_steps:
             settings = dict(num_samples=args.fid_num_samples, num_classes=data.num_classes, seed=args.seed,
                             num_inference_steps=args.fid_num_inference_steps, guidance_scale=args.fid_guidance_scale,
-                            batch_size=args.fid_batch_size, progress=accelerator.is_local_main_process)  # fmt: skip
+                            batch_size=args.fid_batch_size, progress=accelerator.is_local_main_process,
+                            fast=getattr(args, "fast", False))  # fmt: skip
             if accelerator.is_main_process:
                 fid = FIDMonitor.from_source(
                     args.fid_reference, cache_dir=args.output_dir, resolution=args.resolution,

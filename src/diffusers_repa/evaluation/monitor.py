@@ -73,6 +73,8 @@ class FIDMonitor:
         batch_size (`int`, defaults to 64): Images per sampling and feature batch.
         reference_name (`str`, *optional*): What the reference is, for reports.
         progress (`bool`, defaults to `True`): tqdm bars over the sampling and feature batches.
+        fast (`bool`, defaults to `False`): Sample in the pipeline's fast mode (`fast=True`: float32 sampler state,
+            bf16 autocast on CUDA), as `train_repa.py --fast` does; the default is the exact mode.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class FIDMonitor:
         batch_size: int = 64,
         reference_name: str | None = None,
         progress: bool = True,
+        fast: bool = False,
     ):
         if num_samples < 4:
             raise ValueError(f"num_samples must be at least 4 (precision/recall use k = 3), got {num_samples}.")
@@ -97,7 +100,7 @@ class FIDMonitor:
         self.reference, self.network = reference, network
         self.labels = sample_labels(num_samples, num_classes, "balanced", seed)
         self.seed, self.num_inference_steps, self.guidance_scale = seed, num_inference_steps, guidance_scale
-        self.batch_size, self.progress = batch_size, progress
+        self.batch_size, self.progress, self.fast = batch_size, progress, fast
         self.reference_name = reference_name or "the reference images"
 
     @classmethod
@@ -148,9 +151,11 @@ class FIDMonitor:
     def describe(self) -> str:
         """One sentence on how the metrics are measured (for logs and the model card)."""
         guidance = f"guidance scale {self.guidance_scale}" if self.guidance_scale != 1 else "no guidance"
+        mode = ", fast mode" if self.fast else ""
         return (
             f"{len(self.labels)} class-balanced samples ({self.num_inference_steps} Euler ODE steps, {guidance}, fixed "
-            f"noise) against {self.reference_name} ({len(self.reference)} images), features of {self.network.name}."
+            f"noise{mode}) against {self.reference_name} ({len(self.reference)} images), features of "
+            f"{self.network.name}."
         )
 
     @torch.no_grad()
@@ -172,6 +177,7 @@ class FIDMonitor:
                 guidance_scale=self.guidance_scale,
                 generator=image_generators(self.seed, batch),
                 output_type="np",
+                fast=self.fast,
             )
             images.append(to_uint8(output.images))
         return np.concatenate(images) if images else np.zeros((0, 1, 1, 3), np.uint8)
