@@ -241,6 +241,19 @@ def test_mismatches_fail_before_the_first_step(workspace, tmp_path, monkeypatch,
         run_training(latent_args(workspace, tmp_path / "run", "--max_train_steps", "2", *extra))
 
 
+@pytest.mark.parametrize("kind", ["DEEPSPEED", "FSDP"])
+def test_sharded_accelerate_configurations_are_refused_before_any_work(workspace, tmp_path, monkeypatch, kind):
+    """DeepSpeed/FSDP shard the weights, which the EMA and the diffusers-format checkpoints cannot follow."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType[kind]))
+    output = tmp_path / "run"
+    with pytest.raises(ValueError, match=rf"accelerate is configured for {kind}, which shards the weights"):
+        run_training(latent_args(workspace, output, "--max_train_steps", "2"))
+    assert not output.exists() or not any(output.iterdir())  # nothing written
+
+
 def test_resolution_the_encoder_cannot_use_fails_before_the_first_step(workspace, tmp_path):
     with pytest.raises(ValueError, match="multiple of 16"):
         run_training(

@@ -58,6 +58,7 @@ from diffusers_repa.training_utils import (
     ValidationSettings,
     apply_resume_changes,
     batch_is_empty,
+    check_data_parallel,
     check_option_ranges,
     checkpoint_contents,
     clean_sample,
@@ -472,6 +473,7 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
             project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
         ),
     )
+    check_data_parallel(accelerator)
     configure_logging(accelerator)
     logger.info(accelerator.state, main_process_only=False)
     if fast.notes:

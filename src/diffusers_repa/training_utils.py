@@ -1182,6 +1182,25 @@ class StepMetrics:
         return logs
 
 
+SHARDED_DISTRIBUTED_TYPES = ("DEEPSPEED", "FSDP", "MEGATRON_LM")
+
+
+def check_data_parallel(accelerator: "Accelerator") -> None:
+    """
+    Refuse an accelerate configuration that shards the weights (DeepSpeed, FSDP, Megatron-LM), before any work: the
+    trainer's EMA ([`update_ema`]), its checkpoints in diffusers' format and the fused non-finite guard all assume
+    whole weights on every process, so such a run would average and save shards without an error.
+    """
+    kind = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type))
+    if kind in SHARDED_DISTRIBUTED_TYPES:
+        raise ValueError(
+            f"train_repa.py trains on one device or with data-parallel processes (DDP), but accelerate is configured "
+            f"for {kind}, which shards the weights: its EMA and checkpoints need whole weights on every process. Run "
+            "`accelerate config` without DeepSpeed/FSDP (or `accelerate launch --multi_gpu`); to save memory use "
+            "--gradient_checkpointing_blocks N or --gradient_accumulation_steps."
+        )
+
+
 def per_process_batch_size(global_batch_size: int, num_processes: int, gradient_accumulation_steps: int) -> int:
     """Images per process and micro-step; the global batch must split evenly."""
     micro_batches = num_processes * gradient_accumulation_steps
