@@ -178,6 +178,7 @@ def png_bytes(image: torch.Tensor, compress_level: int = DEFAULT_PNG_COMPRESS_LE
     >>> image = torch.zeros(3, 64, 64, dtype=torch.uint8)
     >>> len(png_bytes(image)) > len(png_bytes(image, compress_level=9))
     True
+
     ```
     """
     buffer = io.BytesIO()
