@@ -21,7 +21,7 @@ from .train_fixtures import build_workspace, latent_args, run_training, training
 train_repa = training_module("train_repa")
 
 
-def options(fast=True, mixed_precision=None, allow_tf32=False, torch_compile=False) -> argparse.Namespace:
+def options(fast=True, mixed_precision=None, allow_tf32=False, torch_compile=None) -> argparse.Namespace:
     return argparse.Namespace(
         fast=fast, mixed_precision=mixed_precision, allow_tf32=allow_tf32, torch_compile=torch_compile
     )
@@ -46,6 +46,12 @@ def test_fast_on_cuda_is_bf16_tf32_and_compile_unless_chosen_otherwise():
     fast = resolve_fast_settings(options(), cuda=True, compile_supported=False)
     assert not fast.torch_compile and fast.allow_tf32 and "does not compile" in fast.notes[0]
     assert resolve_fast_settings(options(torch_compile=True), cuda=True, compile_supported=False).torch_compile
+    # --no_torch_compile keeps the model eager under --fast, and the log says so.
+    fast = resolve_fast_settings(options(torch_compile=False), cuda=True)
+    assert fast.as_args() == {"mixed_precision": "bf16", "allow_tf32": True, "torch_compile": False}
+    assert fast.notes == ("--fast keeps the model eager (--no_torch_compile given).",)
+    for flags, expected in (([], None), (["--torch_compile"], True), (["--no_torch_compile"], False)):
+        assert train_repa.parse_args(["--train_data_dir", "images", *flags]).torch_compile is expected
     # Without --fast, nothing changes.
     given = options(fast=False, mixed_precision="fp16", torch_compile=True)
     assert resolve_fast_settings(given, cuda=True).as_args() == {

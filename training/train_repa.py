@@ -238,7 +238,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "so a batch that almost fits pays part of the slow-down (SiT-XL/2 at batch 256 in 80 GB: see README).",
     )
     optim.add_argument(
-        "--torch_compile", action="store_true", help="Compile each transformer block (compile_repeated_blocks)."
+        "--torch_compile",
+        action="store_true",
+        default=None,
+        help="Compile each transformer block (compile_repeated_blocks); --fast turns it on where CUDA runs.",
+    )
+    optim.add_argument(
+        "--no_torch_compile",
+        dest="torch_compile",
+        action="store_false",
+        help="Keep the model eager, also with --fast (e.g. where compiling fails).",
     )
     optim.add_argument(
         "--fast",

@@ -1275,7 +1275,8 @@ def resolve_fast_settings(
     On CUDA, `--fast` is the measured fast path of `benchmarks/RESULTS.md`: bf16 mixed precision, TF32 matmuls and
     `--torch_compile` (each SiT block). An explicit choice wins: `--mixed_precision` (command line or `--config`), or a
     launcher precision other than `"no"` (`"no"` is `accelerate launch`'s default, not a choice; pass
-    `--mixed_precision no` to keep float32 with `--fast`). Compilation is skipped where `torch.compile` does not work.
+    `--mixed_precision no` to keep float32 with `--fast`), and `--no_torch_compile` (`torch_compile=False`; None is
+    "not given"). Compilation is skipped where `torch.compile` does not work.
     Elsewhere (CPU), bf16 runs 2-3.5x slower without bf16 matrix units and compiling costs more than short runs
     gain, so `--fast` turns on nothing but fast sampling; explicit `--mixed_precision`, `--allow_tf32` and
     `--torch_compile` are kept. Pure: nothing is changed or logged.
@@ -1285,7 +1286,7 @@ def resolve_fast_settings(
     ```py
     >>> import argparse
     >>> from diffusers_repa.training_utils import resolve_fast_settings
-    >>> args = argparse.Namespace(fast=True, mixed_precision=None, allow_tf32=False, torch_compile=False)
+    >>> args = argparse.Namespace(fast=True, mixed_precision=None, allow_tf32=False, torch_compile=None)
     >>> resolve_fast_settings(args, cuda=True).as_args()
     {'mixed_precision': 'bf16', 'allow_tf32': True, 'torch_compile': True}
     >>> resolve_fast_settings(args, cuda=False).as_args()
@@ -1293,14 +1294,14 @@ def resolve_fast_settings(
 
     ```
     """
-    given = FastSettings(args.mixed_precision, args.allow_tf32, args.torch_compile)
+    given = FastSettings(args.mixed_precision, args.allow_tf32, bool(args.torch_compile))
     if not getattr(args, "fast", False):
         return given
     if not cuda:
         skipped = [
             "bf16 mixed precision (2-3.5x slower on CPUs without bf16 matrix units)" * (args.mixed_precision is None),
             "TF32 (a CUDA feature)" * (not args.allow_tf32),
-            "--torch_compile (compiling costs more than a short CPU run gains)" * (not args.torch_compile),
+            "--torch_compile (compiling costs more than a short CPU run gains)" * (args.torch_compile is None),
         ]
         note = "--fast on a device other than CUDA: the validation and FID samples run in fast mode"
         if any(skipped):
@@ -1314,8 +1315,10 @@ def resolve_fast_settings(
         notes.append(f"--fast keeps the precision accelerate launch chose ({launcher_precision}) instead of bf16.")
     else:
         mixed_precision = "bf16"
-    torch_compile = args.torch_compile or compile_supported
-    if not torch_compile:
+    torch_compile = compile_supported if args.torch_compile is None else args.torch_compile
+    if args.torch_compile is False:
+        notes.append("--fast keeps the model eager (--no_torch_compile given).")
+    elif not torch_compile:
         notes.append("--fast does not compile: torch.compile does not support this Python or platform.")
     return FastSettings(mixed_precision, True, torch_compile, tuple(notes))
 
