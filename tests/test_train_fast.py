@@ -186,7 +186,7 @@ def test_fast_training_on_the_cpu_and_resumes_that_remove_or_add_it(
     assert len(notes) == 1 and "anyway): bf16 mixed precision" in notes[0]  # logged once
     assert (output / "samples" / "step-0000002.png").is_file()
     recorded = json.loads((output / TRAINING_ARGS).read_text())
-    assert recorded["fast"] is True and recorded["mixed_precision"] is None
+    assert recorded["fast"] is True and recorded["mixed_precision"] == "no"  # as used
     assert recorded["torch_compile"] is False and recorded["allow_tf32"] is False
 
     # 2. Resumed without --fast: allowed, exact sampling again, the change recorded.
@@ -211,8 +211,17 @@ def test_fast_training_on_the_cpu_and_resumes_that_remove_or_add_it(
     recorded = json.loads((output / TRAINING_ARGS).read_text())
     assert recorded["resume_history"][-1] == {
         "step": 3,
-        "changed": {"max_train_steps": [3, 4], "mixed_precision": [None, "bf16"], "allow_tf32": [False, True],
+        "changed": {"max_train_steps": [3, 4], "mixed_precision": ["no", "bf16"], "allow_tf32": [False, True],
                     "torch_compile": [False, True], "fast": [False, True]},
     }  # fmt: skip
     card = ModelCard.load(output / "README.md").text
-    assert "| `mixed_precision` | `None (steps 1-3), bf16 (steps 4-)` |" in card, card
+    assert "| `mixed_precision` | `no (steps 1-3), bf16 (steps 4-)` |" in card, card
+
+
+def test_the_precision_accelerate_launch_chose_is_recorded_as_used(workspace, tmp_path, monkeypatch):
+    """`accelerate launch --mixed_precision bf16` (the ACCELERATE_MIXED_PRECISION it sets) without --mixed_precision:
+    training_args.json records bf16, the precision the run used, not the unset option."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    output = tmp_path / "run"
+    run_training(latent_args(workspace, output, "--max_train_steps", "1", "--checkpointing_steps", "1"))
+    assert json.loads((output / TRAINING_ARGS).read_text())["mixed_precision"] == "bf16"

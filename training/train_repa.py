@@ -483,6 +483,7 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
         ),
     )
     check_data_parallel(accelerator)
+    args.mixed_precision = accelerator.mixed_precision  # recorded as used: accelerate launch's choice included
     configure_logging(accelerator)
     logger.info(accelerator.state, main_process_only=False)
     if fast.notes:
