@@ -54,6 +54,21 @@ def test_adm_center_crop_matches_reference(size):
     np.testing.assert_array_equal(np.asarray(cropped), _adm_reference(image, RESOLUTION))
 
 
+@pytest.mark.parametrize("size", [(64, 64), (600, 400), (65, 64)])
+def test_preprocess_is_the_adm_crop_and_leaves_a_prepared_crop_as_it_is(size, monkeypatch):
+    """Any image gives the reference ADM crop; one already at the resolution (a prepared crop) is decoded without the
+    crop's resize and copy (its crop is itself), which the loader's speed depends on."""
+    import diffusers_repa.data as data
+
+    image = _random_image(*size, seed=3)
+    expected = torch.from_numpy(_adm_reference(image, RESOLUTION).copy()).permute(2, 0, 1)
+    calls = []
+    monkeypatch.setattr(data, "adm_center_crop", lambda *args: calls.append(1) or adm_center_crop(*args))
+    tensor = preprocess_image(_encode(image, "PNG"), RESOLUTION)
+    assert torch.equal(tensor, expected) and tensor.is_contiguous()
+    assert len(calls) == (0 if size == (RESOLUTION, RESOLUTION) else 1)
+
+
 def test_preprocess_converts_every_mode_to_rgb():
     rgb = _random_image(96, 80)
     cases = {

@@ -190,8 +190,9 @@ def _preprocess(image: Any, resolution: int, max_upscale: float | None) -> torch
         raise ImageSkipped(
             "too_small", f"{pil_image.size[0]}x{pil_image.size[1]} needs more than {max_upscale}x upscaling"
         )
-    pixels = np.asarray(adm_center_crop(pil_image, resolution), dtype=np.uint8)
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+    if pil_image.size != (resolution, resolution):  # a prepared crop is its own ADM crop: no resize and crop copies
+        pil_image = adm_center_crop(pil_image, resolution)
+    return torch.from_numpy(np.array(pil_image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 def preprocess_image(
