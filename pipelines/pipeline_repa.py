@@ -484,7 +484,9 @@ class REPAPipeline(DiffusionPipeline):
                         return_dict=False,
                         attention_kwargs=self.attention_kwargs,
                     )[0]
-                velocity = velocity.to(state_dtype)
+                # Always a new tensor: the scheduler may keep it past the next model call (Heun's predictor), and a
+                # model replayed as a CUDA graph returns the same output buffer on every call.
+                velocity = velocity.to(state_dtype, copy=True)
                 if guided:
                     cond, uncond = velocity.chunk(2)
                     velocity = uncond + self._guidance_scale * (cond - uncond)

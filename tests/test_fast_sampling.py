@@ -130,6 +130,27 @@ def test_the_model_gets_its_own_time_tensor_so_a_compiled_model_does_not_recompi
     assert offsets == [0] * 8
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_model_that_reuses_its_output_buffer_gives_the_same_samples(fast, repa_tiny_sit):
+    """A model replayed as a CUDA graph (`compile(mode="reduce-overhead")`) returns the same output buffer on every
+    call; Heun keeps its predictor's velocity past the next call, so the pipeline must not hold the buffer itself."""
+    pipeline = latent_pipeline(repa_tiny_sit, SiTHeunScheduler())
+    call = dict(num_inference_steps=4, guidance_scale=1.0, output_type="latent", fast=fast)
+    expected = pipeline([1, 2], generator=torch.manual_seed(0), **call).images
+    buffers = {}
+
+    def reuse_buffer(module, args, output):
+        buffer = buffers.setdefault(output[0].shape, torch.empty_like(output[0]))
+        return (buffer.copy_(output[0]),)
+
+    handle = repa_tiny_sit.register_forward_hook(reuse_buffer)
+    try:
+        got = pipeline([1, 2], generator=torch.manual_seed(0), **call).images
+    finally:
+        handle.remove()
+    assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
