@@ -110,7 +110,10 @@ def our_sit(s: dict[str, int]):
 
 
 def official_commit(official_dir: str | os.PathLike) -> str:
-    """The commit of a git clone (`unknown` for an exported tree)."""
+    """The commit of a git clone, or of an exported tree from its `COMMIT` file (`unknown` without either)."""
+    recorded = Path(official_dir, "COMMIT")
+    if recorded.is_file():
+        return recorded.read_text().strip()[:7]
     head = Path(official_dir, ".git", "HEAD")
     try:
         ref = head.read_text().strip()

@@ -18,6 +18,7 @@
 #       -d .whl diffusers==0.42.1 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
 #   git clone https://github.com/sihyun-yu/REPA /tmp/official-repa && git -C /tmp/official-repa checkout 67f7145
 #   mkdir -p .official-repa && git -C /tmp/official-repa archive 67f7145 | tar -x -C .official-repa
+#   git -C /tmp/official-repa rev-parse 67f7145 > .official-repa/COMMIT   # the export has no .git: the JSON reads this
 #
 # Each benchmark's table and JSON line go to $OUT/<name>.log (OUT defaults to outputs/gpu_issue10), with the
 # versions and the card in $OUT/env.txt. A benchmark that fails or runs out of time is logged and the next one runs.
