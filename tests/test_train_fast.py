@@ -79,12 +79,21 @@ def test_fast_elsewhere_only_samples_fast_and_says_what_it_left_off():
 
 
 @pytest.mark.parametrize(
-    "saved, new, refused",
-    [(None, "bf16", False), ("bf16", None, False), ("fp16", "bf16", False), ("no", "fp16", True), (None, "fp16", True)],
+    "saved, new, scaler, refused",
+    [
+        (None, "bf16", False, False),
+        ("bf16", None, False, False),
+        ("fp16", "bf16", True, False),
+        ("no", "fp16", False, True),
+        (None, "fp16", False, True),
+        (None, "fp16", True, False),  # a run that `accelerate launch` put in fp16 before the precision was recorded
+    ],
 )
-def test_a_resume_may_change_the_mixed_precision_except_to_fp16(tmp_path, saved, new, refused):
+def test_a_resume_may_change_the_mixed_precision_except_to_fp16(tmp_path, saved, new, scaler, refused):
     checkpoint = tmp_path / "checkpoint-2"
     checkpoint.mkdir()
+    if scaler:
+        (checkpoint / "scaler.pt").write_bytes(b"")
     (checkpoint / TRAINING_ARGS).write_text(json.dumps({"mixed_precision": saved, "fast": False, "seed": 0}))
     (checkpoint / TRAINING_STATE).write_text(json.dumps({"global_step": 2, "batches_seen": 2}))
     current = {"mixed_precision": new, "fast": True, "seed": 0}

@@ -1563,8 +1563,9 @@ def resume_options(
     """
     Compare this command's options with those `resume_path` was trained with ([`compare_resume_args`]): refused
     changes raise one error listing them all (turning the alignment on or off by `proj_coeff` is refused too: it adds
-    or removes the projector; so is a change of `mixed_precision` to fp16: the checkpoint holds no loss-scaler
-    state); the others are logged and returned, with `run_args` plus the history of changes.
+    or removes the projector; so is a change of `mixed_precision` to fp16 from a checkpoint without the loss-scaler
+    state `scaler.pt`, which only an fp16 run saves, whatever it recorded); the others are logged and returned, with
+    `run_args` plus the history of changes.
     """
     saved = load_resume_args(resume_path)
     if saved is None:
@@ -1573,7 +1574,8 @@ def resume_options(
     diff = compare_resume_args(saved, run_args, applicable, ignored)
     if "proj_coeff" in diff.applied and (saved["proj_coeff"] > 0) != (run_args["proj_coeff"] > 0):
         diff.refused["proj_coeff"] = diff.applied.pop("proj_coeff")
-    if diff.applied.get("mixed_precision", (None, None))[1] == "fp16":  # accelerate would look for its scaler.pt
+    to_fp16 = diff.applied.get("mixed_precision", (None, None))[1] == "fp16"
+    if to_fp16 and not (resume_path / "scaler.pt").is_file():  # accelerate's load_state would look for it
         diff.refused["mixed_precision"] = diff.applied.pop("mixed_precision")
     if diff.refused:
         raise ValueError(diff.refusal(resume_path))
