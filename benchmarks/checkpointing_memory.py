@@ -10,7 +10,7 @@ also kept for backward). That is the saved-for-backward part of the peak only: w
 state, the EMA, the encoder, temporaries and the allocator's slack come on top.
 
 ```bash
-python benchmarks/checkpointing_memory.py    # SiT-XL/2, batches 1 and 2 -> 256, bf16 (CPU: 1 min, 20 GB RAM)
+python benchmarks/checkpointing_memory.py    # SiT-XL/2, batches 1 and 2 -> 256 (1 min; RAM: 7 GB + 2 per count)
 python benchmarks/checkpointing_memory.py --preset SiT-B/2 --blocks 0,4,12
 ```
 Prints a Markdown table and one `JSON {...}` line.
