@@ -8,6 +8,8 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers_repa import SiTTransformer2DModel
 from diffusers_repa.models.sit_transformer_2d import SiTAttention, SiTAttnProcessor
 
+from .test_sit_transformer_2d import small_model
+
 ATTENTION_KEYS = {
     "to_q.weight",
     "to_q.bias",
@@ -21,22 +23,8 @@ ATTENTION_KEYS = {
 
 
 def perturbed_model(**overrides) -> SiTTransformer2DModel:
-    config = dict(
-        sample_size=8,
-        patch_size=2,
-        num_layers=3,
-        num_attention_heads=3,
-        attention_head_dim=8,
-        num_classes=10,
-        alignment_depth=2,
-    )
-    config.update(overrides)
-    torch.manual_seed(0)
-    model = SiTTransformer2DModel(**config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
-    return model
+    """The small perturbed SiT of `test_sit_transformer_2d`, with 3 heads, in eval mode."""
+    return small_model(**{"num_attention_heads": 3, **overrides}).eval()
 
 
 def inputs(batch: int = 2):

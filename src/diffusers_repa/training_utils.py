@@ -36,6 +36,7 @@ Example:
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -1306,7 +1307,7 @@ def resolve_fast_settings(
         note = "--fast on a device other than CUDA: the validation and FID samples run in fast mode"
         if any(skipped):
             note += f". Not turned on (pass them explicitly to have them anyway): {', '.join(filter(None, skipped))}"
-        return FastSettings(*given.as_args().values(), notes=(note + ".",))
+        return dataclasses.replace(given, notes=(note + ".",))
     notes = []
     mixed_precision = args.mixed_precision
     if mixed_precision is not None:
