@@ -230,9 +230,14 @@ def main() -> None:
     encoder = make_encoder(s, device)
     builders = {"official": lambda: official_step(off, s, inputs, encoder, device)}
     blocks = {
-        "checkpointed": args.checkpoint_blocks or (2 if args.tiny else 12),
-        "compiled_checkpointed": args.compiled_checkpoint_blocks or (1 if args.tiny else 3),
+        "checkpointed": (2 if args.tiny else 12) if args.checkpoint_blocks is None else args.checkpoint_blocks,
+        "compiled_checkpointed": (1 if args.tiny else 3)
+        if args.compiled_checkpoint_blocks is None
+        else args.compiled_checkpoint_blocks,
     }
+    wrong = {name: count for name, count in blocks.items() if not 1 <= count <= s["depth"]}
+    if wrong:
+        parser.error(f"checkpointed blocks {wrong}: the SiT here has {s['depth']} blocks (1 to {s['depth']})")
     builders.update(
         {f"ours_{v}": (lambda v=v: ours_step(v, s, inputs, encoder, device, blocks.get(v))) for v in variants}
     )
