@@ -4,7 +4,8 @@
 # figures, not timed as a whole; every benchmark has its own time limit below):
 #
 #   benchmarks/gpu_issue10.sh train    # ~4-7 min: training step at batch 256 (speed, peak memory, checkpointing
-#                                      #   options for 80 GB) and 32; the data loader on the machine's cores
+#                                      #   options for 80 GB) and 32; the data loader on the machine's cores;
+#                                      #   attention kernels at head dim 72 (bench_attention, under a minute)
 #   benchmarks/gpu_issue10.sh sample   # ~5-8 min: SDE 250 and Heun 50 at batch 64: official, fast, fast with
 #                                      #   compiled blocks, fast with the whole model as CUDA graphs
 #   benchmarks/gpu_issue10.sh tiny     # every command above in its CPU tiny mode: try it here first (~2 min)
@@ -79,6 +80,7 @@ case "$phase" in
         run train_b32 90 benchmarks/bench_train.py --official_dir "$official" --batch_size 32 \
             --variants fused_adamw,compiled
         run data 120 benchmarks/bench_data.py --official_dir "$official" --num_workers 8 --batches 8
+        run attention 60 benchmarks/bench_attention.py
         ;;
     sample)
         # Exact mode is left out (its speed is no target and it equals the official output to 1e-16 in the parity
@@ -93,5 +95,6 @@ case "$phase" in
             --modes official,fast \
             --steps 10 --repeats 1
         run data_tiny 120 benchmarks/bench_data.py --tiny --official_dir "$official" --num_workers 0
+        run attention_tiny 60 benchmarks/bench_attention.py --tiny
         ;;
 esac
