@@ -95,6 +95,24 @@ def test_a_resume_refuses_every_change_it_cannot_honour_in_one_error(workspace, 
     assert "alignment_stop_step" in train_repa.RESUME_CAN_CHANGE and "batch_size" not in train_repa.RESUME_CAN_CHANGE
 
 
+def test_latest_without_a_checkpoint_restarts_only_the_folders_own_run(workspace, tmp_path, monkeypatch):
+    """A run that stopped before its first checkpoint leaves its options, logs and grids: `latest` (no checkpoint)
+    restarts it with its options, but refuses other ones instead of mixing a second run into the folder."""
+    output = tmp_path / "run"
+    first = latent_args(workspace, output, "--max_train_steps", "2", "--checkpointing_steps", "100")
+    run_training(first + ["--validation_steps", "1"])
+    assert steps(output) == [] and (output / "samples" / "step-0000001.png").is_file()
+    with monkeypatch.context() as patch:
+        without_steps(patch)
+        with pytest.raises(ValueError) as error:
+            run_training(first + ["--seed", "1", "--batch_size", "8", "--resume_from_checkpoint", "latest"])
+    message = str(error.value)
+    assert "stopped before its first checkpoint" in message and "--overwrite_output_dir" in message, message
+    assert "--seed: 0 -> 1" in message and "--batch_size: 4 -> 8" in message, message
+    assert json.loads((output / "training_args.json").read_text())["seed"] == 0
+    run_training(first + ["--resume_from_checkpoint", "latest", "--logging_steps", "2"])  # its own run: restarts
+
+
 def edit_checkpoint(checkpoint, learning_rate: float, ema_decay: float) -> None:
     """Write new values into a checkpoint's optimizer, LR schedule, EMA and options, as if trained with them."""
     optimizer = torch.load(checkpoint / "optimizer.bin", weights_only=True)

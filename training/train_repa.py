@@ -75,6 +75,7 @@ from diffusers_repa.training_utils import (
     read_config_file,
     register_checkpoint_hooks,
     resolve_fast_settings,
+    restart_options,
     resume_options,
     save_checkpoint,
     save_final_outputs,
@@ -504,6 +505,8 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
     changes = {}
     if resume_path is not None:
         run_args, changes = resume_options(run_args, resume_path, RESUME_CAN_CHANGE, RESUME_NOT_COMPARED)
+    elif args.resume_from_checkpoint is not None:  # no checkpoint yet: a restart, of the folder's run only
+        restart_options(run_args, output_dir, RESUME_CAN_CHANGE, RESUME_NOT_COMPARED)
     repo_id = None
     if args.push_to_hub and accelerator.is_main_process:
         repo_id = create_repo(

@@ -475,9 +475,13 @@ class ResumeDiff:
     applied: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     refused: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
+    def listing(self) -> str:
+        """One line per refused change: `  --name: old -> new`."""
+        return "\n".join(f"  --{name}: {old!r} -> {new!r}" for name, (old, new) in self.refused.items())
+
     def refusal(self, checkpoint: Path) -> str:
         """The error message listing every refused change."""
-        lines = "\n".join(f"  --{name}: {old!r} -> {new!r}" for name, (old, new) in self.refused.items())
+        lines = self.listing()
         return (
             f"Cannot resume from {checkpoint} with these options changed (checkpoint's value -> this command's):\n"
             f"{lines}\nA resume cannot change the model, the data, the objective, the batch or the seed: pass the "
@@ -1584,6 +1588,37 @@ def resume_options(
     for name, (old, new) in diff.applied.items():
         logger.warning(f"{name} changed {old} -> {new} on resume (from step {step + 1}).")
     return with_resume_history(saved, run_args, diff.applied, step), diff.applied
+
+
+def restart_options(
+    run_args: dict[str, Any], output_dir: Path, applicable: Collection[str], ignored: Collection[str]
+) -> dict[str, tuple[Any, Any]]:
+    """
+    `--resume_from_checkpoint latest` found no checkpoint, so the run starts at step 0; but `output_dir` may hold a
+    run that stopped before its first checkpoint (its `training_args.json`, logs and validation grids). Starting over
+    there is that run's re-queued job only with its options: a change a resume could not make raises one error listing
+    them all (the folder would mix two runs); the others are logged and returned.
+    """
+    path = Path(output_dir) / TRAINING_ARGS
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise ValueError(
+            f"{path} is unreadable: delete it, or use --overwrite_output_dir (without --resume_from_checkpoint)."
+        ) from None
+    diff = compare_resume_args(saved, run_args, applicable, ignored)
+    if diff.refused:
+        raise ValueError(
+            f"{output_dir} holds a run that stopped before its first checkpoint, with other options (recorded value "
+            f"-> this command's):\n{diff.listing()}\nStarting over there would mix the two runs' logs and samples: "
+            "pass the recorded values to restart it, or drop --resume_from_checkpoint and pass --overwrite_output_dir "
+            "to delete it, or choose another --output_dir."
+        )
+    for name, (old, new) in diff.applied.items():
+        logger.warning(f"{name} changed {old} -> {new} since the run that stopped before its first checkpoint.")
+    return diff.applied
 
 
 def load_training_state(accelerator: "Accelerator", resume_path: Path) -> TrainState:
