@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
@@ -111,6 +112,23 @@ def test_latest_without_a_checkpoint_restarts_only_the_folders_own_run(workspace
     assert "--seed: 0 -> 1" in message and "--batch_size: 4 -> 8" in message, message
     assert json.loads((output / "training_args.json").read_text())["seed"] == 0
     run_training(first + ["--resume_from_checkpoint", "latest", "--logging_steps", "2"])  # its own run: restarts
+
+
+def test_a_resume_refuses_other_data_under_the_same_name(workspace, tmp_path, monkeypatch):
+    """The dataset's size is recorded with the options: a resume on a dataset folder that now holds other rows (e.g.
+    shards added by a preparation that was still running) would silently shift the order of every resumed epoch."""
+    data = tmp_path / "data"
+    shutil.copytree(workspace.data, data)
+    moved = types.SimpleNamespace(**{**vars(workspace), "data": data})
+    output = tmp_path / "run"
+    argv = latent_args(moved, output, "--max_train_steps", "4", "--checkpointing_steps", "2")
+    run_training(argv)
+    assert json.loads((output / "checkpoint-2" / "training_args.json").read_text())["dataset_num_examples"] == 24
+    (data / "data" / "train-00002.parquet").unlink()  # 4 of the 24 rows
+    with monkeypatch.context() as patch:
+        without_steps(patch)
+        with pytest.raises(ValueError, match=r"--dataset_num_examples: 24 -> 20"):
+            run_training(argv + ["--max_train_steps", "6", "--resume_from_checkpoint", "latest"])
 
 
 def edit_checkpoint(checkpoint, learning_rate: float, ema_decay: float) -> None:

@@ -495,3 +495,40 @@ def test_update_ema_is_diffusers_ema_step_in_place_and_keeps_its_bookkeeping():
     assert [shadow.data_ptr() for shadow in ours.shadow_params] == shadows  # updated in place
     assert use_fused_optimizer(torch.device("cpu")) and use_fused_optimizer(torch.device("cuda", 0))
     assert not use_fused_optimizer(torch.device("meta"))
+
+
+def test_a_resume_with_another_process_count_continues_the_lr_schedule_at_the_same_step(tmp_path):
+    """accelerate steps the schedule once per process and optimizer step: a checkpoint of 2 processes at step 3 holds
+    position 6, which a 1-process resume must read as step 3 (not as step 6 of its own warm-up)."""
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+
+    from diffusers_repa.training_utils import load_training_state, write_manifest
+
+    from .train_fixtures import reset_accelerate
+
+    def schedule(accelerator, processes):
+        weight = torch.nn.Parameter(torch.zeros(2))
+        optimizer = torch.optim.SGD([weight], lr=1.0)
+        scheduler = get_scheduler("linear", optimizer, num_warmup_steps=4 * processes, num_training_steps=8 * processes)
+        return accelerator.prepare(optimizer, scheduler)
+
+    try:
+        saved = Accelerator(cpu=True)
+        optimizer, scheduler = schedule(saved, processes=2)
+        for _ in range(3 * 2):  # 3 optimizer steps of a 2-process run
+            optimizer.step()
+            scheduler.scheduler.step()
+        checkpoint = tmp_path / "checkpoint-3"
+        saved.save_state(str(checkpoint))
+        write_manifest(checkpoint, num_processes=2)
+        (checkpoint / TRAINING_STATE).write_text(json.dumps({"global_step": 3, "batches_seen": 3}))
+
+        resumed = Accelerator(cpu=True)
+        optimizer, scheduler = schedule(resumed, processes=1)
+        assert load_training_state(resumed, checkpoint, scheduler).global_step == 3
+        optimizer.step()
+        scheduler.step()  # step 4 of the warm-up over 4 steps: the full learning rate
+        assert scheduler.get_last_lr() == [1.0]
+    finally:
+        reset_accelerate()

@@ -502,6 +502,12 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
         accelerator, output_dir, args.resume_from_checkpoint, args.overwrite_output_dir,
         required=checkpoint_contents(lora, alignment=args.proj_coeff > 0), run_outputs=[*RUN_OUTPUTS, args.logging_dir],
     )  # fmt: skip
+    dataset, data = load_training_data(
+        args.dataset_name, args.train_data_dir, args.image_column, args.label_column, args.dataset_split,
+        args.cache_dir, args.resolution, args.num_classes,
+    )  # fmt: skip
+    # Recorded and compared like an option: other data under the same name would shift every resumed epoch's order.
+    run_args["dataset_num_examples"] = len(dataset)
     changes = {}
     if resume_path is not None:
         run_args, changes = resume_options(run_args, resume_path, RESUME_CAN_CHANGE, RESUME_NOT_COMPARED)
@@ -513,10 +519,6 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
             args.hub_model_id or output_dir.name, exist_ok=True, private=args.hub_private_repo, token=args.hub_token
         ).repo_id
 
-    dataset, data = load_training_data(
-        args.dataset_name, args.train_data_dir, args.image_column, args.label_column, args.dataset_split,
-        args.cache_dir, args.resolution, args.num_classes,
-    )  # fmt: skip
     vae = load_vae(args, data, accelerator.device)
     set_seed(args.seed)  # the same initial weights on every process
     transformer = build_transformer(args, data)
@@ -543,7 +545,7 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config(args))
     state = TrainState()
     if resume_path is not None:
-        state = load_training_state(accelerator, resume_path)
+        state = load_training_state(accelerator, resume_path, lr_scheduler)
         apply_resume_changes(changes, optimizer, lr_scheduler, ema, args)
         evaluation.resume(state.global_step)
     if accelerator.is_main_process:

@@ -1621,8 +1621,15 @@ def restart_options(
     return diff.applied
 
 
-def load_training_state(accelerator: "Accelerator", resume_path: Path) -> TrainState:
-    """`accelerator.load_state` from a verified checkpoint (the hooks load the models), and its training state."""
+def load_training_state(accelerator: "Accelerator", resume_path: Path, lr_scheduler=None) -> TrainState:
+    """
+    `accelerator.load_state` from a verified checkpoint (the hooks load the models), and its training state.
+
+    accelerate steps the learning-rate schedule once per process and optimizer step (diffusers' examples build it
+    with `num_processes` times the steps), so a checkpoint saved by another number of processes holds a schedule
+    position in other units: `lr_scheduler` (accelerate's wrapper, when given) is moved to the same optimizer step in
+    this run's units, instead of continuing the schedule from a multiplied or divided step.
+    """
     accelerator.print(f"Resuming from {resume_path}")
     if not (resume_path / f"random_states_{accelerator.process_index}.pkl").is_file():
         logger.warning(
@@ -1631,6 +1638,17 @@ def load_training_state(accelerator: "Accelerator", resume_path: Path) -> TrainS
         )
     accelerator.load_state(str(resume_path))
     state = json.loads((resume_path / TRAINING_STATE).read_text())
+    manifest = resume_path / MANIFEST
+    saved_processes = json.loads(manifest.read_text()).get("num_processes") if manifest.is_file() else None
+    if lr_scheduler is not None and saved_processes and saved_processes != accelerator.num_processes:
+        schedule = lr_scheduler.scheduler
+        position = schedule.last_epoch
+        schedule.last_epoch = position // saved_processes * accelerator.num_processes
+        logger.warning(
+            f"{resume_path} was saved by {saved_processes} processes and this run has {accelerator.num_processes}: "
+            f"the learning-rate schedule continues from the same optimizer step (its position {position} -> "
+            f"{schedule.last_epoch})."
+        )
     return TrainState(state["global_step"], state["batches_seen"])
 
 
