@@ -53,10 +53,13 @@ def parse_layers(value: str) -> list[int] | None:
     try:
         for part in value.split(","):
             first, _, last = part.strip().partition("-")
-            layers.extend(range(int(first), int(last or first) + 1))
+            first, last = int(first), int(last or first)
+            if last < first:
+                raise ValueError
+            layers.extend(range(first, last + 1))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected 'all' or block indices like '2,4,6' or '1-8', got {value!r}"
+            f"expected 'all' or block indices like '2,4,6' or '1-8' (ranges ascending), got {value!r}"
         ) from None
     return layers
 

@@ -32,6 +32,7 @@ from ..utils import atomic_write
 from .inception import (
     IS_UNAVAILABLE_REASON,
     POOL_DIM,
+    RESIZE_MODES,
     SPATIAL_DIM,
     FeatureNetwork,
     FIDInceptionV3,
@@ -40,7 +41,7 @@ from .inception import (
     compute_activations,
     load_inception,
 )
-from .metrics import feature_statistics, frechet_distance, inception_score, precision_recall
+from .metrics import DISTANCE_DTYPES, feature_statistics, frechet_distance, inception_score, precision_recall
 
 IMAGES_KEY = "arr_0"
 STATISTICS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
@@ -122,8 +123,9 @@ class ReferenceBatch:
         mu, sigma (`np.ndarray`, *optional*): Pool-feature statistics `(2048,)`, `(2048, 2048)`.
         mu_s, sigma_s (`np.ndarray`, *optional*): Spatial-feature statistics `(2023,)`, `(2023, 2023)`.
         pool_features (`np.ndarray`, *optional*): `(N, 2048)` pool features of `images` (our cache; not ADM).
-        network (`str`, *optional*): `feature_id` of the network that made the statistics; `None` for ADM files
-            (made with the TF Inception).
+        network (`str`, *optional*): `feature_id` of the network that made the statistics (with `"; resize torch"`
+            appended when made with that resize, see [`features_name`]); `None` for ADM files (made with the TF
+            Inception).
         labels (`np.ndarray`, *optional*): Class labels of the images.
     """
 
@@ -451,20 +453,46 @@ def build_reference_batch(
     activations = compute_activations(images, network, batch_size, device, progress, resize)
     mu, sigma = feature_statistics(activations.pool)
     mu_s, sigma_s = feature_statistics(activations.spatial)
-    reference = ReferenceBatch(images, mu, sigma, mu_s, sigma_s, activations.pool, network.feature_id, labels)
+    made_by = features_name(network, resize)
+    reference = ReferenceBatch(images, mu, sigma, mu_s, sigma_s, activations.pool, made_by, labels)
     if output_path is not None:
         save_reference_batch(
             output_path, images, mu, sigma, mu_s, sigma_s,
-            pool_features=activations.pool, network=network.feature_id, labels=labels,
+            pool_features=activations.pool, network=made_by, labels=labels,
         )  # fmt: skip
     return reference
 
 
-def _sample_count(samples: Any) -> int:
+def _sample_shape(samples: Any) -> tuple[int, ...]:
+    """`(N, H, W, 3)` of the samples, checked (from the `.npy` header for a path)."""
     if isinstance(samples, (str, os.PathLike)):
-        return len(NpzImageReader(samples))
+        return tuple(NpzImageReader(samples).shape)
     check_images(samples, "samples")
-    return len(samples)
+    return tuple(samples.shape)
+
+
+def features_name(network: FeatureNetwork, resize: str = "tf1") -> str:
+    """What a reference batch records as its `network`: the `feature_id`, and the resize mode unless it is `"tf1"`."""
+    return network.feature_id if resize == "tf1" else f"{network.feature_id}; resize {resize}"
+
+
+def statistics_match(reference: ReferenceBatch, network: FeatureNetwork, resize: str = "tf1") -> bool:
+    """
+    Whether `reference`'s stored statistics were made with the features `network` gives with `resize`: its recorded
+    `network` is [`features_name`]`(network, resize)`, or it records none (an ADM file, made with the TF Inception and
+    its resize) and `network` is the Inception with `resize="tf1"`.
+    """
+    if not reference.has_statistics:
+        return False
+    if reference.network is not None:
+        return reference.network == features_name(network, resize)
+    return isinstance(network, FIDInceptionV3) and resize == "tf1"
+
+
+def cached_pool_features(reference: ReferenceBatch, network: FeatureNetwork) -> np.ndarray | None:
+    """`reference.pool_features` when it holds one `network.pool_dim`-wide row per image, else `None`."""
+    cached = reference.pool_features
+    return cached if cached is not None and cached.shape == (len(reference), network.pool_dim) else None
 
 
 def evaluate_samples(
@@ -482,16 +510,20 @@ def evaluate_samples(
     r"""
     The ADM evaluator on a sample batch against a reference batch: FID, sFID, Inception Score, precision, recall.
 
-    FID / sFID use the reference's stored statistics when it has them and they were made with the same network (ADM
-    files, which name none, count as made with the Inception); otherwise they are computed from its images. Precision
-    and recall compare the samples' pool features with the reference images' (stored `pool_features` when valid).
+    FID / sFID use the reference's stored statistics when it has them and they were made with the same network and
+    `resize` ([`statistics_match`]; ADM files, which name none, count as made with the Inception and `"tf1"`);
+    otherwise they are computed from its images. Precision and recall compare the samples' pool features with the
+    reference images' (stored `pool_features` when valid).
+
+    Bad options or inputs raise a `ValueError` before any image goes through the network; samples at another
+    resolution than the reference images give a warning (FID would then measure the resolution too).
 
     Args:
         samples: uint8 `(N, H, W, 3)` array or tensor, or the path of an ADM sample `.npz` (read in batches).
         reference: A [`ReferenceBatch`], the path of a reference `.npz`, or uint8 reference images.
         network ([`FeatureNetwork`], *optional*): Defaults to [`load_inception`]`(device)`.
         batch_size (`int`, defaults to 64): Images per forward pass.
-        k (`int`, defaults to 3): Precision / recall neighbourhood.
+        k (`int`, defaults to 3): Precision / recall neighbourhood (>= 1).
         device: Where the network and the distance blocks run; defaults to CUDA when available.
         progress (`bool`, defaults to `True`): tqdm bars.
         resize (`str`, defaults to `"tf1"`): See [`compute_activations`].
@@ -512,7 +544,18 @@ def evaluate_samples(
     >>> print(f"FID {metrics['fid']:.2f}  sFID {metrics['sfid']:.2f}  precision {metrics['precision']:.3f}")
     ```
     """
-    num_samples = _sample_count(samples)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer >= 1 (the ADM uses 3), got {k!r}.")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}.")
+    if distance_dtype not in DISTANCE_DTYPES:
+        raise ValueError(f"distance_dtype must be one of {DISTANCE_DTYPES}, got {distance_dtype!r}.")
+    if split_size < 1:
+        raise ValueError(f"split_size must be >= 1, got {split_size}.")
+    sample_shape = _sample_shape(samples)
+    num_samples = sample_shape[0]
     if isinstance(reference, (str, os.PathLike)):
         reference = load_reference_batch(reference)
     elif isinstance(reference, (np.ndarray, torch.Tensor)):
@@ -524,23 +567,27 @@ def evaluate_samples(
     for count, what in ((num_samples, "samples"), (len(reference), "reference images")):
         if count < k + 1 or count < 2:
             raise ValueError(f"Evaluation needs at least {max(k + 1, 2)} {what} (k = {k}), got {count}.")
+    if sample_shape[1:3] != reference.images.shape[1:3]:
+        warnings.warn(
+            f"The samples are {sample_shape[1]}x{sample_shape[2]} but the reference images are "
+            f"{reference.images.shape[1]}x{reference.images.shape[2]}: both are resized to the network's input, but "
+            "FID against a reference at another resolution measures the resolution too. Build the reference at the "
+            "samples' resolution (ADM: resize to the model's resolution first)."
+        )
     network = network if network is not None else load_inception(device)
     made_by = reference.network
-    same_network = made_by == network.feature_id if made_by is not None else isinstance(network, FIDInceptionV3)
-    use_stored = reference.has_statistics and same_network
-    if reference.has_statistics and not same_network:
+    use_stored = statistics_match(reference, network, resize)
+    if reference.has_statistics and not use_stored:
         warnings.warn(
             f"The reference statistics were made with {made_by or 'the TF Inception (ADM file)'}, not "
-            f"{network.feature_id}: recomputing them from its {len(reference)} images."
+            f"{features_name(network, resize)}: recomputing them from its {len(reference)} images."
         )
     if use_stored:
         check_statistics(reference.mu, reference.sigma, reference.mu_s, reference.sigma_s,
                          dims=(network.pool_dim, network.spatial_dim))  # fmt: skip
         reference_stats = (reference.mu, reference.sigma), (reference.mu_s, reference.sigma_s)
-        cached = reference.pool_features
-        if cached is not None and cached.shape == (len(reference), network.pool_dim):
-            reference_pool = cached
-        else:
+        reference_pool = cached_pool_features(reference, network)
+        if reference_pool is None:
             reference_pool = compute_activations(reference.images, network, batch_size, device, progress, resize).pool
     else:
         reference_acts = compute_activations(reference.images, network, batch_size, device, progress, resize)
@@ -550,7 +597,7 @@ def evaluate_samples(
     fid = frechet_distance(*feature_statistics(sample_acts.pool), *reference_stats[0])
     sfid = frechet_distance(*feature_statistics(sample_acts.spatial), *reference_stats[1])
     precision, recall = precision_recall(
-        reference_pool, sample_acts.pool, k=k, distance_dtype=distance_dtype, device=device
+        reference_pool, sample_acts.pool, k=k, distance_dtype=distance_dtype, device=device, progress=progress
     )
     result = {
         "fid": fid,

@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 ArrayLike = np.ndarray | torch.Tensor
 DISTANCE_DTYPES = ("float32", "float64", "float16")
@@ -52,8 +53,8 @@ def _check_finite(values: np.ndarray | torch.Tensor, name: str) -> None:
 
 def _features(values: ArrayLike, name: str) -> np.ndarray:
     array = _to_numpy(values, name)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (num_samples, feature_dim), got shape {array.shape}.")
+    if array.ndim != 2 or array.shape[1] == 0:
+        raise ValueError(f"{name} must be 2-D (num_samples, feature_dim >= 1), got shape {array.shape}.")
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise ValueError(f"{name} must be real numbers, got dtype {array.dtype}.")
     _check_finite(array, name)
@@ -106,8 +107,9 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     features, sFID on spatial features.
 
     As the ADM evaluator: float64, `scipy.linalg.sqrtm`; if the square root is not finite, `eps` is added to both
-    diagonals and it is retried (with a warning); an imaginary part is dropped when the diagonal's imaginary parts are
-    within 1e-3 of 0, otherwise a `ValueError` is raised.
+    diagonals and it is retried (with a warning; a `ValueError` if it is still not finite, where the ADM would return
+    NaN); an imaginary part is dropped when the diagonal's imaginary parts are within 1e-3 of 0, otherwise a
+    `ValueError` is raised.
 
     Args:
         mu1, mu2: `(D,)` means. sigma1, sigma2: `(D, D)` covariances (e.g. from [`feature_statistics`]).
@@ -146,6 +148,8 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
         warnings.warn(f"FID: the product of the covariances is singular; adding {eps} to their diagonals.")
         offset = np.eye(dim) * eps
         covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
+        if not np.isfinite(covmean).all():  # the ADM would return NaN here
+            raise ValueError(f"FID: sqrtm of the covariance product is not finite, even with {eps} on the diagonals.")
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"FID: sqrtm has an imaginary component {np.max(np.abs(covmean.imag)):g} (> 1e-3).")
@@ -159,6 +163,10 @@ def inception_score(probs: ArrayLike, split_size: int = 5000) -> float:
     (not shuffled); per chunk `exp(mean_i KL(p_i || mean_j p_j))`; the score is the mean over chunks.
 
     Computed in float64 with `0 * log 0 = 0` (the ADM's float32 `p * log p` gives NaN for an exact zero).
+
+    When N is not a multiple of `split_size` the last chunk is smaller but, as in the ADM, weighs as much as the others
+    (a chunk of n images scores at most n, so a small last chunk lowers the score); a warning says so. FID-50K's 50,000
+    samples make 10 full chunks.
 
     Args:
         probs: `(N, C)` class probabilities (softmax outputs), rows summing to 1.
@@ -186,6 +194,13 @@ def inception_score(probs: ArrayLike, split_size: int = 5000) -> float:
         raise ValueError(
             "probs must be probabilities (non-negative rows summing to 1): pass softmax outputs, not logits."
         )
+    remainder = len(array) % split_size
+    if len(array) > split_size and remainder:
+        warnings.warn(
+            f"Inception Score: {len(array)} predictions make chunks of {split_size} and a last one of {remainder}, "
+            "which counts as much as the others (as in the ADM evaluator) and lowers the score; use a multiple of "
+            f"{split_size} samples."
+        )
     scores = []
     for start in range(0, len(array), split_size):
         part = array[start : start + split_size]
@@ -200,8 +215,8 @@ def inception_score(probs: ArrayLike, split_size: int = 5000) -> float:
 def _as_tensor(values: ArrayLike, name: str, device: torch.device) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
         tensor = values.detach()
-        if tensor.ndim != 2:
-            raise ValueError(f"{name} must be 2-D (num_samples, feature_dim), got shape {tuple(tensor.shape)}.")
+        if tensor.ndim != 2 or tensor.shape[1] == 0:
+            raise ValueError(f"{name} must be 2-D (num_samples, feature_dim >= 1), got shape {tuple(tensor.shape)}.")
         if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64, torch.uint8)):
             raise ValueError(f"{name} must be real numbers, got dtype {tensor.dtype}.")
         _check_finite(tensor, name)
@@ -227,7 +242,7 @@ def _squared_distances(rows: torch.Tensor, cols: torch.Tensor, dtype: str) -> to
     return compute(rows.to(torch_dtype), cols.to(torch_dtype))
 
 
-def _kth_neighbour_radii(features: torch.Tensor, k: int, block_size: int, dtype: str) -> torch.Tensor:
+def _kth_neighbour_radii(features: torch.Tensor, k: int, block_size: int, dtype: str, bar: tqdm) -> torch.Tensor:
     """Squared distance of each point to its k-th nearest neighbour in its own set (the point itself is the 0-th)."""
     radii = []
     for start in range(0, len(features), block_size):
@@ -237,6 +252,7 @@ def _kth_neighbour_radii(features: torch.Tensor, k: int, block_size: int, dtype:
             block = _squared_distances(rows, features[col_start : col_start + block_size], dtype)
             candidates = block if nearest is None else torch.cat([nearest, block], dim=1)
             nearest = torch.topk(candidates, min(k + 1, candidates.shape[1]), dim=1, largest=False).values
+            bar.update()
         radii.append(nearest[:, k])
     return torch.cat(radii)
 
@@ -248,6 +264,7 @@ def precision_recall(
     block_size: int = 10000,
     distance_dtype: str = "float32",
     device: str | torch.device | None = None,
+    progress: bool = True,
 ) -> tuple[float, float]:
     r"""
     Improved precision and recall (Kynkäänniemi et al. 2019), as the ADM evaluator's `ManifoldEstimator`.
@@ -269,6 +286,7 @@ def precision_recall(
         block_size (`int`, defaults to 10000): Rows / columns per distance block.
         distance_dtype (`str`, defaults to `"float32"`): `"float32"`, `"float64"` or `"float16"` (ADM).
         device (`str` or `torch.device`, *optional*): Defaults to CUDA when available, else CPU.
+        progress (`bool`, defaults to `True`): A tqdm bar over the distance blocks.
 
     Returns:
         `(precision, recall)` floats in [0, 1].
@@ -306,8 +324,11 @@ def precision_recall(
                 f"precision/recall with k={k} needs at least k + 1 = {k + 1} {name.split('_')[0]} samples (each "
                 f"point's radius is the distance to its k-th neighbour), got {len(tensor)}."
             )
-    real_radii = _kth_neighbour_radii(real, k, block_size, distance_dtype)
-    fake_radii = _kth_neighbour_radii(fake, k, block_size, distance_dtype)
+    real_blocks, fake_blocks = -(-len(real) // block_size), -(-len(fake) // block_size)
+    total = real_blocks**2 + fake_blocks**2 + real_blocks * fake_blocks
+    bar = tqdm(total=total, desc="Precision/recall distance blocks", disable=not progress, leave=False)
+    real_radii = _kth_neighbour_radii(real, k, block_size, distance_dtype, bar)
+    fake_radii = _kth_neighbour_radii(fake, k, block_size, distance_dtype, bar)
     fake_in_real = torch.zeros(len(fake), dtype=torch.bool, device=device)
     real_in_fake = torch.zeros(len(real), dtype=torch.bool, device=device)
     for start in range(0, len(fake), block_size):
@@ -317,4 +338,6 @@ def precision_recall(
             distances = _squared_distances(fake[start:stop], real[col_start:col_stop], distance_dtype)
             fake_in_real[start:stop] |= (distances <= real_radii[col_start:col_stop][None, :]).any(dim=1)
             real_in_fake[col_start:col_stop] |= (distances <= fake_radii[start:stop][:, None]).any(dim=0)
+            bar.update()
+    bar.close()
     return float(fake_in_real.double().mean()), float(real_in_fake.double().mean())

@@ -20,6 +20,7 @@ values of a run differ only by its weights.
 ```
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,8 +35,15 @@ from tqdm.auto import tqdm
 
 from ..alignment import alignment_cknna
 from ..sample import image_generators, sample_labels, to_uint8
-from .batches import ReferenceBatch, build_reference_batch, evaluate_samples, load_reference_batch
-from .inception import FeatureNetwork, load_inception
+from .batches import (
+    ReferenceBatch,
+    build_reference_batch,
+    cached_pool_features,
+    evaluate_samples,
+    load_reference_batch,
+    statistics_match,
+)
+from .inception import FeatureNetwork, compute_activations, load_inception
 
 # Metrics of `evaluate_samples` that the monitor reports (the Inception Score needs logits the offline network lacks).
 MONITORED_METRICS = ("fid", "sfid", "precision", "recall")
@@ -62,7 +70,8 @@ class FIDMonitor:
 
     Args:
         reference ([`ReferenceBatch`], *optional*): Reference images (their statistics are made with `network` when
-            they are missing or were made by another network). None on processes that only [`sample`].
+            they are missing or were made by another network; an ADM file's stored statistics are used as they are
+            with the FID Inception, as [`evaluate_samples`] does). None on processes that only [`sample`].
         network ([`FeatureNetwork`], *optional*): The feature network (the FID Inception from [`load_inception`]);
             None on processes that only sample.
         num_samples (`int`): Samples per evaluation (at least 4).
@@ -95,8 +104,11 @@ class FIDMonitor:
             raise ValueError(f"num_samples must be at least 4 (precision/recall use k = 3), got {num_samples}.")
         if (reference is None) != (network is None):
             raise ValueError("Pass both `reference` and `network` (to evaluate), or neither (to sample only).")
-        if reference is not None and not (reference.has_statistics and reference.network == network.feature_id):
+        if reference is not None and not statistics_match(reference, network):
             reference = build_reference_batch(reference.images, network=network, batch_size=batch_size, progress=False)
+        elif reference is not None and cached_pool_features(reference, network) is None:  # e.g. an ADM file: once, here
+            pool = compute_activations(reference.images, network, batch_size, progress=False).pool
+            reference = dataclasses.replace(reference, pool_features=pool)
         self.reference, self.network = reference, network
         self.labels = sample_labels(num_samples, num_classes, "balanced", seed)
         self.seed, self.num_inference_steps, self.guidance_scale = seed, num_inference_steps, guidance_scale
@@ -139,7 +151,7 @@ class FIDMonitor:
         name = f"{source} (split {split})"
         if path.is_file():
             reference = load_reference_batch(path)
-            if reference.network == network.feature_id:
+            if statistics_match(reference, network):
                 return cls(reference, network, num_samples, num_classes, reference_name=name, **kwargs)
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         reference = build_reference_batch(
@@ -186,8 +198,8 @@ class FIDMonitor:
         """FID, sFID, precision and recall of all the samples (the shares of every process, in order)."""
         if self.network is None:
             raise ValueError("This FIDMonitor only samples: build it with a reference and a network to evaluate.")
-        if not isinstance(images, np.ndarray):
-            images = np.concatenate(list(images))
+        if not isinstance(images, np.ndarray):  # a process with no samples (more processes than shares) gives none
+            images = np.concatenate([share for share in images if len(share)])
         result = evaluate_samples(
             images, self.reference, network=self.network, batch_size=self.batch_size, progress=self.progress
         )
