@@ -23,7 +23,7 @@ from diffusers_repa.evaluation import (
 from diffusers_repa.evaluation import batches as batches_module
 from diffusers_repa.evaluation import metrics as metrics_module
 from diffusers_repa.evaluation.batches import cached_pool_features, features_name, statistics_match
-from diffusers_repa.evaluation.monitor import MONITORED_METRICS, FIDMonitor
+from diffusers_repa.evaluation.monitor import MONITORED_METRICS, CKNNAProbe, FIDMonitor
 
 from .test_evaluation import TinyNetwork, random_images
 
@@ -131,6 +131,14 @@ def test_monitor_evaluate_ignores_the_empty_share_of_a_process_without_samples()
     # 5 samples on 4 processes: shares of 2, 2, 1 and none (`FIDMonitor.sample` returns a (0, 1, 1, 3) array).
     shares = [samples[:2], samples[2:4], samples[4:], np.zeros((0, 1, 1, 3), np.uint8)]
     assert monitor.evaluate(shares) == monitor.evaluate(samples)
+
+
+def test_cknna_probe_checks_its_batch_when_built():
+    CKNNAProbe(torch.zeros(11, 4, 8, 8), torch.zeros(11, 4, 16))
+    with pytest.raises(ValueError, match="more than 10 images"):
+        CKNNAProbe(torch.zeros(10, 4, 8, 8), torch.zeros(10, 4, 16))
+    with pytest.raises(ValueError, match="12 images and 11 feature rows"):
+        CKNNAProbe(torch.zeros(12, 4, 8, 8), torch.zeros(11, 4, 16))
 
 
 # ---------------------------------------------------------------------------------------------------- metrics

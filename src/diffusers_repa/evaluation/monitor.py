@@ -231,6 +231,13 @@ class CKNNAProbe:
         timestep: float = 0.5,
         batch_size: int = 64,
     ):
+        if not (torch.is_tensor(sample) and torch.is_tensor(target_features)):
+            raise TypeError("`sample` and `target_features` must be tensors.")
+        if len(sample) <= 10 or len(target_features) != len(sample):
+            raise ValueError(
+                f"CKNNAProbe needs more than 10 images (CKNNA uses 10 neighbours) and one feature row per image, got "
+                f"{len(sample)} images and {len(target_features)} feature rows."
+            )
         self.sample, self.target_features = sample, target_features
         self.layer, self.path_type, self.seed = layer, path_type, seed
         self.timestep, self.batch_size = timestep, batch_size
