@@ -4,6 +4,7 @@ images, and settings that do not fit together (all reported before the first ste
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -369,3 +370,29 @@ def test_prepare_latents_a_failed_start_does_not_block_the_corrected_command(wor
     changed = prepare_argv(workspace, output, "--shard_size", "5")
     with pytest.raises(ValueError, match="holds shards prepared with other settings"):  # once shards exist
         run_prepare(changed)
+
+
+def test_training_on_an_unfinished_prepared_dataset_stops_before_any_work(workspace, tmp_path, monkeypatch):
+    """prepare_latents.py writes its dataset card only when every shard is written: a folder without it (stopped, or
+    still running) would train on a subset of the rows, and a later resume on the finished folder would see others."""
+    data = tmp_path / "prepared"
+    shutil.copytree(workspace.data, data)
+    (data / "README.md").unlink()
+    (data / "data" / "train-00002.parquet").unlink()
+    argv = latent_args(workspace, tmp_path / "run", "--max_train_steps", "2")
+    argv[argv.index("--dataset_name") + 1] = str(data)
+    monkeypatch.setattr(train_repa.REPALoss, "__call__", lambda *args, **kwargs: pytest.fail("a training step ran"))
+    with pytest.raises(ValueError, match="prepare_latents.py has not finished .* Run the same prepare_latents.py"):
+        run_training(argv)
+
+
+def test_prepare_latents_card_counts_only_the_shards_written(workspace, tmp_path):
+    """A kill between a shard's stats file and its shard, in an attempt with other settings, leaves a stats file no
+    shard matches: the dataset card does not count its rows."""
+    output = tmp_path / "prepared"
+    (output / ".stats").mkdir(parents=True)
+    stale = {"rows": 1000, "skipped": {"corrupt": 3}, "png_compress_level": 0}
+    (output / ".stats" / "shard-00007.json").write_text(json.dumps(stale))
+    run_prepare(prepare_argv(workspace, output, "--shard_size", "10"))
+    card = (output / "README.md").read_text()
+    assert "24 images; skipped none" in card and "0 (3 shards)" in card, card

@@ -58,7 +58,14 @@ from tqdm.auto import tqdm
 
 from diffusers_repa.alignment import AlignmentEncoder
 from diffusers_repa.data import ImageTransform, SkippedImages, load_image_dataset
-from diffusers_repa.training_utils import MOMENTS_COLUMN, StopSignal, features_column, ignore_stop_signals
+from diffusers_repa.training_utils import (
+    MOMENTS_COLUMN,
+    PREPARED_SETTINGS,
+    PREPARED_STATS_FOLDER,
+    StopSignal,
+    features_column,
+    ignore_stop_signals,
+)
 from diffusers_repa.utils import atomic_write, check_recorded_settings, write_json_atomically
 
 logger = get_logger(__name__)
@@ -300,13 +307,14 @@ def prepare(args: argparse.Namespace, stop: StopSignal) -> None:
     accelerator = Accelerator()
     output_dir = Path(args.output_dir)
     (output_dir / "data").mkdir(parents=True, exist_ok=True)
-    (output_dir / ".stats").mkdir(exist_ok=True)
+    stats_dir = output_dir / PREPARED_STATS_FOLDER
+    stats_dir.mkdir(exist_ok=True)
     if not accelerator.is_local_main_process:
         datasets.disable_progress_bars()
     # Resuming into a folder made with other settings would mix incompatible shards. (The settings are written when
     # the models have loaded, so that a run that failed on a mistyped option does not block the corrected one.)
     settings = {name: getattr(args, name) for name in RESUME_SETTINGS}
-    settings_file = output_dir / ".stats" / "settings.json"
+    settings_file = stats_dir / PREPARED_SETTINGS
     if any((output_dir / "data").glob("train-*.parquet")):
         hint = "use a new --output_dir, or the same settings to resume"
         check_recorded_settings(settings_file, settings, hint, what="shards prepared", folder=output_dir)
@@ -360,7 +368,7 @@ def prepare(args: argparse.Namespace, stop: StopSignal) -> None:
             "skipped": dict(skipped.counts),
             "png_compress_level": args.png_compress_level,
         }
-        write_json_atomically(output_dir / ".stats" / f"shard-{shard:05d}.json", stats)  # before its shard
+        write_json_atomically(stats_dir / f"shard-{shard:05d}.json", stats)  # before its shard
         write_shard(
             datasets.Dataset.from_dict(columns, features=features), output_dir / "data" / SHARD_PATTERN.format(shard)
         )
@@ -382,7 +390,10 @@ def prepare(args: argparse.Namespace, stop: StopSignal) -> None:
         return
     if accelerator.is_main_process:
         totals = {"rows": 0, "skipped": Counter(), "png_compress_levels": Counter()}
-        for path in (output_dir / ".stats").glob("shard-*.json"):
+        shards = {path.stem.split("-")[1] for path in (output_dir / "data").glob("train-*.parquet")}
+        for path in stats_dir.glob("shard-*.json"):
+            if path.stem.split("-")[1] not in shards:  # left by a kill before its shard was written
+                continue
             shard_stats = json.loads(path.read_text())
             totals["rows"] += shard_stats["rows"]
             totals["skipped"].update(shard_stats["skipped"])
@@ -403,7 +414,7 @@ def prepare(args: argparse.Namespace, stop: StopSignal) -> None:
                 repo_id=repo_id,
                 repo_type="dataset",
                 folder_path=output_dir,
-                ignore_patterns=[".stats/*", "**/.*.tmp"],
+                ignore_patterns=[f"{PREPARED_STATS_FOLDER}/*", "**/.*.tmp"],
                 commit_message="Prepared REPA training data",
                 token=args.hub_token,
             )

@@ -778,6 +778,9 @@ def configure_logging(accelerator: "Accelerator") -> None:
 # Columns of a dataset prepared by `training/prepare_latents.py` (besides `image` and `label`).
 MOMENTS_COLUMN = "moments"
 FEATURES_PREFIX = "features_"
+# Its bookkeeping folder (settings, per-shard stats); its dataset card (README.md) is written only once every shard is.
+PREPARED_STATS_FOLDER = ".stats"
+PREPARED_SETTINGS = "settings.json"
 
 
 def features_column(encoder_name: str) -> str:
@@ -826,6 +829,14 @@ def load_training_data(
     """
     import datasets
 
+    if dataset_name is not None and os.path.isdir(dataset_name):
+        folder = Path(dataset_name)
+        if (folder / PREPARED_STATS_FOLDER / PREPARED_SETTINGS).is_file() and not (folder / "README.md").is_file():
+            raise ValueError(
+                f"{dataset_name} is a dataset that prepare_latents.py has not finished (it writes the dataset card, "
+                "README.md, once every shard is written): training on it would use only the shards done so far. Run "
+                "the same prepare_latents.py command again to finish it."
+            )
     dataset = load_image_dataset(
         dataset_name=dataset_name,
         train_data_dir=train_data_dir,
