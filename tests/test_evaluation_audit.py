@@ -14,6 +14,7 @@ from diffusers_repa.evaluation import (
     FIDInceptionV3,
     ReferenceBatch,
     build_reference_batch,
+    compute_activations,
     evaluate_samples,
     feature_statistics,
     frechet_distance,
@@ -106,6 +107,25 @@ def test_statistics_match_and_cached_pool_features():
     pool = np.zeros((6, 8), np.float32)
     assert cached_pool_features(ReferenceBatch(images, pool_features=pool), TinyNetwork()) is pool
     assert cached_pool_features(ReferenceBatch(images, pool_features=pool[:5]), TinyNetwork()) is None
+
+
+def test_compute_activations_after_tf32_was_set_with_the_new_fp32_precision_api():
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = (matmul.fp32_precision, conv.fp32_precision)
+    seen = []
+
+    class Recording(TinyNetwork):
+        def forward(self, images):
+            seen.append((matmul.fp32_precision, conv.fp32_precision))
+            return super().forward(images)
+
+    try:
+        matmul.fp32_precision = conv.fp32_precision = "tf32"  # e.g. a notebook's setting; torch.backends.*.allow_tf32
+        acts = compute_activations(random_images(3), Recording(), progress=False)  # now raises when read
+        assert seen == [("ieee", "ieee")] and (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+        np.testing.assert_allclose(acts.pool, compute_activations(random_images(3), TinyNetwork(), progress=False).pool)
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
 
 
 # ---------------------------------------------------------------------------------------------------- FID monitor

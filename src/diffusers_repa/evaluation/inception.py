@@ -473,7 +473,17 @@ def _batches(images, batch_size: int) -> tuple[Iterator, int | None, int | None]
 @contextmanager
 def _ieee_fp32():
     """Full float32 convolutions and matmuls on CUDA (TF32 would move the features by ~1e-3) for the duration."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    except RuntimeError:  # TF32 was set with torch's `fp32_precision` API, whose state the old flags refuse to read
+        matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+        saved = (matmul.fp32_precision, conv.fp32_precision)
+        matmul.fp32_precision = conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, conv.fp32_precision = saved
+        return
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     try:
