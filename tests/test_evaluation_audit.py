@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffusers_repa.alignment import pool_tokens
 from diffusers_repa.evaluate_alignment import parse_layers
 from diffusers_repa.evaluation import (
     FeatureNetwork,
@@ -23,8 +24,13 @@ from diffusers_repa.evaluation import (
 )
 from diffusers_repa.evaluation import batches as batches_module
 from diffusers_repa.evaluation import metrics as metrics_module
-from diffusers_repa.evaluation.batches import cached_pool_features, features_name, statistics_match
-from diffusers_repa.evaluation.monitor import MONITORED_METRICS, CKNNAProbe, FIDMonitor
+from diffusers_repa.evaluation.batches import (
+    cached_pool_features,
+    check_statistics,
+    features_name,
+    statistics_match,
+)
+from diffusers_repa.evaluation.monitor import MONITORED_METRICS, CKNNAProbe, FIDMonitor, reference_cache_path
 
 from .test_evaluation import TinyNetwork, random_images
 
@@ -208,3 +214,41 @@ def test_parse_layers_refuses_a_descending_range():
     assert parse_layers("2-4,7") == [2, 3, 4, 7]
     with pytest.raises(argparse.ArgumentTypeError, match="ranges ascending"):
         parse_layers("5-2")
+
+
+def test_pool_tokens():
+    tokens = torch.randn(3, 5, 4, dtype=torch.bfloat16)
+    torch.testing.assert_close(pool_tokens(tokens), tokens.float().mean(dim=1))
+    assert pool_tokens(tokens[:, 0]).dtype == torch.float32 and pool_tokens(tokens[:, 0]).shape == (3, 4)
+    with pytest.raises(ValueError, match=r"\(batch, tokens, dim\) or \(batch, dim\)"):
+        pool_tokens(torch.zeros(2, 3, 4, 5))
+
+
+def test_check_statistics():
+    check_statistics(None, None, None, None)  # none: fine
+    check_statistics(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
+    with pytest.raises(ValueError, match="contains NaN or inf"):
+        check_statistics(np.zeros(3), np.full((3, 3), np.nan), np.zeros(2), np.eye(2))
+    with pytest.raises(ValueError, match="2048 / 2023"):
+        check_statistics(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2), dims=(2048, 2023))
+
+
+def test_reference_cache_path_is_one_file_per_setting(tmp_path):
+    path = reference_cache_path(tmp_path, "some/dataset", 32, "test", None, None)
+    assert path.parent == tmp_path and path.name.startswith("fid_reference-") and path.suffix == ".npz"
+    assert reference_cache_path(tmp_path, "some/dataset", 32, "test", None, None) == path
+    others = [("other/dataset", 32, "test", None, None), ("some/dataset", 64, "test", None, None),
+              ("some/dataset", 32, "train", None, None), ("some/dataset", 32, "test", 100, 0)]  # fmt: skip
+    assert len({reference_cache_path(tmp_path, *setting) for setting in others} | {path}) == 5
+
+
+def test_evaluate_module_features_config_is_quiet_by_default(capsys):
+    import evaluate
+
+    from diffusers_repa.evaluation import EVALUATE_METRIC_PATH
+
+    rng = np.random.default_rng(0)
+    metric = evaluate.load(EVALUATE_METRIC_PATH, config_name="features")
+    capsys.readouterr()
+    metric.compute(predictions=rng.normal(size=(12, 3)), references=rng.normal(size=(12, 3)))
+    assert "distance blocks" not in capsys.readouterr().err

@@ -105,7 +105,9 @@ class RepaFid(evaluate.Metric):
     ):
         if self.config_name == "features":
             fake, real = _stack(predictions, np.float32), _stack(references, np.float32)
-            precision, recall = precision_recall(real, fake, k=k, distance_dtype=distance_dtype, device=device)
+            precision, recall = precision_recall(
+                real, fake, k=k, distance_dtype=distance_dtype, device=device, progress=progress
+            )
             return {
                 "fid": frechet_distance(*feature_statistics(fake), *feature_statistics(real)),
                 "sfid": None,
