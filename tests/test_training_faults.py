@@ -396,3 +396,25 @@ def test_prepare_latents_card_counts_only_the_shards_written(workspace, tmp_path
     run_prepare(prepare_argv(workspace, output, "--shard_size", "10"))
     card = (output / "README.md").read_text()
     assert "24 images; skipped none" in card and "0 (3 shards)" in card, card
+
+
+@pytest.mark.parametrize("case", ["unlabelled", "null-class"])
+def test_labels_outside_the_classes_fail_before_the_first_step(workspace, tmp_path, monkeypatch, case):
+    """-1 (an unlabelled split) would stop at the first batch holding it, mid-run; a label equal to --num_classes is
+    the null class, which would silently train those images unconditionally."""
+    import datasets
+
+    rows = datasets.load_dataset(str(workspace.data), split="train", cache_dir=str(tmp_path / "cache"))
+    if case == "unlabelled":
+        rows = rows.map(lambda row, index: {"label": -1 if index == 20 else row["label"]}, with_indices=True)
+        extra, message = [], r"values in \[-1, 2\].* train on a labelled split"
+    else:  # integer labels 0-2 without class names, and --num_classes 2
+        rows = rows.cast_column("label", datasets.Value("int64"))
+        extra, message = ["--num_classes", "2"], r"values in \[0, 2\].*2 is the null class.*pass --num_classes 3"
+    (tmp_path / "data" / "data").mkdir(parents=True)
+    rows.to_parquet(str(tmp_path / "data" / "data" / "train-00000.parquet"))
+    argv = latent_args(workspace, tmp_path / "run", "--max_train_steps", "2", *extra)
+    argv[argv.index("--dataset_name") + 1] = str(tmp_path / "data")
+    monkeypatch.setattr(train_repa.REPALoss, "__call__", lambda *args, **kwargs: pytest.fail("a training step ran"))
+    with pytest.raises(ValueError, match=message):
+        run_training(argv)

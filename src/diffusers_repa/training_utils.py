@@ -866,8 +866,32 @@ def load_training_data(
         raise ValueError(f"The label column {label_column!r} is not a ClassLabel: pass --num_classes.")
     if names and num_classes < len(names):
         raise ValueError(f"--num_classes {num_classes} is below the dataset's {len(names)} classes.")
+    check_label_range(dataset, label_column, num_classes)
     id2label = {str(index): name for index, name in enumerate(names)} if names else None
     return dataset, DatasetInfo(latent, prepared, in_channels, sample_size, num_classes, id2label)
+
+
+def check_label_range(dataset: "datasets.Dataset", label_column: str, num_classes: int) -> None:
+    """
+    Refuse labels outside `[0, num_classes)` before training (one read of the label column): a negative one (`-1`
+    marks unlabelled examples, e.g. ImageNet's test split) would stop training at the first batch holding it, and
+    `num_classes` itself is the null class of guidance, which would silently train those images unconditionally.
+    """
+    import pyarrow
+    import pyarrow.compute
+
+    labels = dataset.with_format("arrow")[label_column]
+    if not pyarrow.types.is_integer(labels.type):
+        return
+    bounds = pyarrow.compute.min_max(labels)
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    if low is None or 0 <= low <= high < num_classes:
+        return
+    fix = "train on a labelled split (-1 marks unlabelled examples)" if low < 0 else f"pass --num_classes {high + 1}"
+    raise ValueError(
+        f"The label column {label_column!r} holds values in [{low}, {high}], but the model has {num_classes} classes "
+        f"(ids 0 to {num_classes - 1}; {num_classes} is the null class of guidance): {fix}."
+    )
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
