@@ -30,6 +30,7 @@ from diffusers_repa.evaluation.batches import (
     features_name,
     statistics_match,
 )
+from diffusers_repa.evaluation.inception import check_images
 from diffusers_repa.evaluation.monitor import MONITORED_METRICS, CKNNAProbe, FIDMonitor, reference_cache_path
 
 from .test_evaluation import TinyNetwork, random_images
@@ -252,3 +253,12 @@ def test_evaluate_module_features_config_is_quiet_by_default(capsys):
     capsys.readouterr()
     metric.compute(predictions=rng.normal(size=(12, 3)), references=rng.normal(size=(12, 3)))
     assert "distance blocks" not in capsys.readouterr().err
+
+
+def test_image_layout_hints():
+    with pytest.raises(ValueError, match=r"one \(H, W, 3\) image: add a batch axis"):
+        check_images(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="Grayscale images must be repeated"):
+        check_images(np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="transpose to channels-last"):
+        check_images(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))

@@ -447,6 +447,8 @@ def check_image_layout(shape: tuple, dtype, what: str = "images", values=None) -
         hint = ""
         if len(shape) == 4 and shape[1] == 3:
             hint = " It looks like (N, 3, H, W): transpose to channels-last with `.transpose(0, 2, 3, 1)`."
+        elif len(shape) == 3 and shape[-1] == 3:
+            hint = " It looks like one (H, W, 3) image: add a batch axis with `images[None]`."
         elif len(shape) == 3 or (len(shape) == 4 and shape[-1] == 1):
             hint = " Grayscale images must be repeated to 3 channels."
         raise ValueError(f"{what} must have shape (N, H, W, 3), got {shape}.{hint}")
