@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_repa.alignment import pool_tokens
+from diffusers_repa.alignment import linear_probe_accuracy, pool_tokens
 from diffusers_repa.evaluate_alignment import parse_layers
 from diffusers_repa.evaluation import (
     FeatureNetwork,
@@ -262,3 +262,12 @@ def test_image_layout_hints():
         check_images(np.zeros((2, 8, 8), np.uint8))
     with pytest.raises(ValueError, match="transpose to channels-last"):
         check_images(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_linear_probe_progress_bar(capsys):
+    features = torch.randn(40, 4, generator=torch.Generator().manual_seed(0))
+    labels = (features[:, 0] > 0).long()
+    quiet = linear_probe_accuracy(features[:30], labels[:30], features[30:], labels[30:], epochs=3)
+    assert "Linear probe epochs" not in capsys.readouterr().err
+    shown = linear_probe_accuracy(features[:30], labels[:30], features[30:], labels[30:], epochs=3, show_progress=True)
+    assert "Linear probe epochs" in capsys.readouterr().err and shown == quiet  # the bar changes nothing else

@@ -572,6 +572,7 @@ def linear_probe_accuracy(
     weight_decay: float = 0.0,
     seed: int = 0,
     device: str | torch.device | None = None,
+    show_progress: bool = False,
 ) -> float:
     r"""
     Train a [`LinearProbe`] on frozen features and return its top-1 accuracy on the test features (MAE-style
@@ -591,6 +592,7 @@ def linear_probe_accuracy(
         weight_decay (`float`, defaults to 0): Optimisation settings.
         seed (`int`, defaults to 0): Seed of the probe's initialisation and shuffling.
         device (`str` or `torch.device`, *optional*): Defaults to the train features' device (numpy: CPU).
+        show_progress (`bool`, defaults to `False`): A tqdm bar over the epochs.
 
     Returns:
         `float`: Accuracy in [0, 1] on the test set.
@@ -641,7 +643,7 @@ def linear_probe_accuracy(
 
     probe.train()
     with torch.enable_grad():
-        for _ in range(epochs):
+        for _ in tqdm(range(epochs), desc="Linear probe epochs", disable=not show_progress, leave=False):
             order = torch.randperm(train_x.shape[0], generator=generator).to(device)
             for start in range(0, train_x.shape[0], batch_size):
                 indices = order[start : start + batch_size]
