@@ -131,6 +131,31 @@ def test_a_resume_refuses_other_data_under_the_same_name(workspace, tmp_path, mo
             run_training(argv + ["--max_train_steps", "6", "--resume_from_checkpoint", "latest"])
 
 
+def test_a_second_run_is_kept_out_of_a_folder_in_use(workspace, tmp_path, monkeypatch):
+    """While a run holds --output_dir (e.g. a preempted job still saving when its replacement starts), another run
+    stops before touching it; the lock goes with the run, also when the run fails."""
+    import fcntl
+
+    output = tmp_path / "run"
+    argv = latent_args(workspace, output, "--max_train_steps", "2", "--checkpointing_steps", "2")
+    output.mkdir()
+    (output / ".checkpoint-4.tmp").mkdir()  # the save in progress of the run holding the folder
+    with open(output / training_utils.RUN_LOCK, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("process 123 on node-7\n")
+        held.flush()
+        with monkeypatch.context() as patch:
+            without_steps(patch)
+            with pytest.raises(ValueError, match=r"in use by another training run \(process 123 on node-7\)"):
+                run_training(argv + ["--resume_from_checkpoint", "latest"])
+        assert (output / ".checkpoint-4.tmp").is_dir()
+    (output / ".checkpoint-4.tmp").rmdir()
+    with pytest.raises(ValueError, match="is not a folder"):  # a failed run releases the folder ...
+        run_training(argv + ["--resume_from_checkpoint", str(output / "checkpoint-2")])
+    run_training(argv)  # ... for the next one
+    assert steps(output) == [2]
+
+
 def edit_checkpoint(checkpoint, learning_rate: float, ema_decay: float) -> None:
     """Write new values into a checkpoint's optimizer, LR schedule, EMA and options, as if trained with them."""
     optimizer = torch.load(checkpoint / "optimizer.bin", weights_only=True)

@@ -49,6 +49,7 @@ from diffusers_repa.training_utils import (
     CheckpointUploads,
     DatasetInfo,
     NonFiniteGuard,
+    OutputDirLock,
     PipelineSpec,
     ProjCoeffSchedule,
     StepMetrics,
@@ -461,11 +462,11 @@ def run_uses_cuda() -> bool:
 
 def main(args: argparse.Namespace) -> None:
     """Train as the options say. SIGTERM, SIGINT and SIGUSR1 stop the run after the current step, with a checkpoint."""
-    with StopSignal() as stop:
-        train(args, stop)
+    with StopSignal() as stop, OutputDirLock() as lock:
+        train(args, stop, lock)
 
 
-def train(args: argparse.Namespace, stop: StopSignal) -> None:
+def train(args: argparse.Namespace, stop: StopSignal, lock: OutputDirLock | None = None) -> None:
     output_dir = Path(args.output_dir)
     # --fast decides the mixed precision, so it is resolved before the Accelerator is built; the values the run uses
     # replace the options, so that training_args.json, the trackers and the model card record them.
@@ -484,6 +485,8 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
         ),
     )
     check_data_parallel(accelerator)
+    if lock is not None:  # one run at a time in --output_dir, until this one ends
+        lock.acquire(accelerator, output_dir)
     args.mixed_precision = accelerator.mixed_precision  # recorded as used: accelerate launch's choice included
     configure_logging(accelerator)
     logger.info(accelerator.state, main_process_only=False)

@@ -416,6 +416,70 @@ def prepare_run_folder(
 # One run per output folder
 # ----------------------------------------------------------------------------------------------------------------------
 
+RUN_LOCK = ".train.lock"
+
+
+class OutputDirLock:
+    r"""
+    Keeps a second training process out of an output folder while a run uses it: the main process holds an
+    exclusive `flock` on `OUTPUT_DIR/.train.lock` (which names its holder) until the run ends. The operating system
+    drops it when the process dies, even by SIGKILL, so a crash never leaves a stale lock. Without it, a replacement
+    job started while the preempted one still saves its checkpoint (Kubernetes starts one as soon as the old pod is
+    terminating) would delete the checkpoint being written and resume from an older one. Where the file system has no
+    locks (e.g. Lustre mounted without `flock`), a warning says so and the run goes on. Use as a context manager;
+    [`acquire`] once the run's `Accelerator` exists.
+    """
+
+    def __init__(self):
+        self._file = None
+
+    def acquire(self, accelerator, output_dir: Path) -> None:
+        """Lock `output_dir` (created if needed) on the main process; raises on every process when it is in use."""
+        on_main_process(accelerator, lambda: self._lock(Path(output_dir)))
+
+    def _lock(self, output_dir: Path) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            return
+        import socket
+
+        output_dir.mkdir(parents=True, exist_ok=True)
+        file = open(output_dir / RUN_LOCK, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "holder unknown"
+            file.close()
+            raise ValueError(
+                f"{output_dir} is in use by another training run ({holder}): wait for it to end (a preempted run may "
+                "still be saving its checkpoint), or choose another --output_dir."
+            ) from None
+        except OSError as error:
+            file.close()
+            logger.warning(f"Cannot lock {output_dir} ({error}): nothing keeps a second run out of it meanwhile.")
+            return
+        file.seek(0)
+        file.truncate()
+        file.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        file.flush()
+        self._file = file
+
+    def release(self) -> None:
+        if self._file is not None:
+            import fcntl
+
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "OutputDirLock":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
 
 def run_outputs(output_dir: Path, extra: Iterable[str] = ()) -> list[Path]:
     """
