@@ -226,6 +226,15 @@ def test_invalid_inputs_raise_clear_errors(model_dirs, tmp_path):
     encoder = AlignmentEncoder.from_pretrained(str(model_dirs["vit"]), resolution=RESOLUTION)
     with pytest.raises(ValueError, match=r"\(batch, 3, 64, 64\) images in \[0, 255\]"):
         encoder(torch.zeros(2, 4, 8, 8))
+    images = _images().float()
+    for wrong in (images / 255, images / 127.5 - 1, images * 2):  # [0, 1], [-1, 1], [0, 510]
+        with pytest.raises(ValueError, match=r"uint8, or float in \[0, 255\]"):
+            encoder(wrong)  # would be divided by 255 into near-black inputs
+    nan_images = images.clone()
+    nan_images[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="float values in"):
+        encoder(nan_images)
+    encoder(torch.zeros_like(images))  # an all-black batch is valid in both conventions
     transformers.BertModel(transformers.BertConfig(**TINY, vocab_size=10)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="'bert' model, which AlignmentEncoder does not support"):
         AlignmentEncoder.from_pretrained(str(tmp_path))

@@ -456,7 +456,8 @@ class AlignmentEncoder(nn.Module):
         Turn raw images into the network's float32 pixel values (official `preprocess_raw_image`).
 
         Args:
-            images (`torch.Tensor` of shape `(batch_size, 3, resolution, resolution)`): uint8, or float in [0, 255].
+            images (`torch.Tensor` of shape `(batch_size, 3, resolution, resolution)`): uint8, or float in [0, 255]
+                (float CPU images in [0, 1] or [-1, 1] are refused with a `ValueError`).
 
         Returns:
             `torch.Tensor` of shape `(batch_size, 3, input_size, input_size)`, float32.
@@ -466,10 +467,29 @@ class AlignmentEncoder(nn.Module):
                 f"{self.name} was set up for (batch, 3, {self.resolution}, {self.resolution}) images in [0, 255], got "
                 f"{tuple(images.shape)}: pass the center-cropped training images, not latents."
             )
+        self._check_pixel_range(images)
         pixels = images.float() / 255.0
         if self.normalize_before_resize:
             return self._resize((pixels - self.mean) / self.std)
         return (self._resize(pixels) - self.mean) / self.std
+
+    @staticmethod
+    def _check_pixel_range(images: torch.Tensor) -> None:
+        # Float images in [0, 1] or [-1, 1] (the usual tensor conventions) would be divided by 255 into near-black
+        # inputs: silently wrong features. The values are checked where that costs no host sync (CPU tensors, eager
+        # mode); the trainer feeds uint8, which needs no check. A float batch whose pixels all lie in [0, 1] but are
+        # not all 0 is taken for the [0, 1] convention: no real batch of [0, 255] images is that dark.
+        if not images.is_floating_point() or images.device.type != "cpu" or torch.compiler.is_compiling():
+            return
+        if not images.numel():
+            return
+        low, high = (float(value) for value in torch.aminmax(images.detach()))
+        if not (low >= 0 and high <= 255) or 0 < high <= 1:  # NaN fails the first test
+            raise ValueError(
+                f"Images must be uint8, or float in [0, 255] as the official `preprocess_raw_image` takes them; got "
+                f"float values in [{low:g}, {high:g}]. Map [0, 1] images with `images * 255` and [-1, 1] ones with "
+                "`(images + 1) * 127.5`."
+            )
 
     def _resize(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.input_size == self.resolution:
