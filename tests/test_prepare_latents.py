@@ -131,3 +131,22 @@ def test_pixel_space_dataset_and_hub_upload(tmp_path, monkeypatch):
     assert upload_repo == "me/pixels-32"
     assert upload_kwargs["repo_type"] == "dataset" and upload_kwargs["folder_path"] == output
     assert ".stats/*" in upload_kwargs["ignore_patterns"]
+
+
+def test_a_shard_with_no_usable_image_is_written_empty(tmp_path, models):
+    """Every image of a shard unusable: the shard is written with no rows (and counted), instead of failing the run at
+    that shard on every rerun (`datasets` refused a table without the moments and feature columns)."""
+    source = tmp_path / "images"
+    make_image_folder(source, num_classes=2, per_class=2)
+    (source / "class_0" / "000.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (source / "class_0" / "001.png").write_bytes(b"")
+    output = tmp_path / "prepared"
+    run_prepare([
+        "--train_data_dir", str(source), "--resolution", "32", "--vae", str(models.vae), "--encoder",
+        str(models.dino), "--encoder_num_tokens", "16", "--output_dir", str(output), "--shard_size", "2",
+        "--dataloader_num_workers", "0", "--cache_dir", str(tmp_path / "cache"),
+    ])  # fmt: skip
+    assert len(list((output / "data").glob("train-*.parquet"))) == 2
+    prepared = load_image_dataset(dataset_name=str(output), cache_dir=str(tmp_path / "cache"))
+    assert prepared["label"] == [1, 1] and prepared.features["moments"].shape == (8, 16, 16)
+    assert "2 images; skipped 2 unreadable." in (output / "README.md").read_text()

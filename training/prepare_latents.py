@@ -240,7 +240,9 @@ def encode_shard(
         collate_fn=transform.collate,
         worker_init_fn=ignore_stop_signals,  # a stop signal is handled by the main process, between shards
     )
-    columns = {"image": [], "label": []}
+    # Every column from the start: a shard whose images are all unusable is written with no rows.
+    columns = {"image": [], "label": [], **({MOMENTS_COLUMN: []} if vae is not None else {})}
+    columns.update({features_column(encoder.name): [] for encoder in encoders})
     for batch in loader:
         skipped.update(batch["skipped"])
         images = batch["pixel_values"]
@@ -252,10 +254,10 @@ def encode_shard(
         if vae is not None:
             posterior = vae.encode(images.float() / 127.5 - 1.0).latent_dist
             moments = torch.cat([posterior.mean, posterior.std], dim=1).float().cpu()
-            columns.setdefault(MOMENTS_COLUMN, []).extend(moments.numpy())
+            columns[MOMENTS_COLUMN].extend(moments.numpy())
         for encoder in encoders:
             features = encoder(images).to(torch.float16).cpu()
-            columns.setdefault(features_column(encoder.name), []).extend(features.numpy())
+            columns[features_column(encoder.name)].extend(features.numpy())
     return columns
 
 
