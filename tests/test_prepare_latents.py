@@ -150,3 +150,18 @@ def test_a_shard_with_no_usable_image_is_written_empty(tmp_path, models):
     prepared = load_image_dataset(dataset_name=str(output), cache_dir=str(tmp_path / "cache"))
     assert prepared["label"] == [1, 1] and prepared.features["moments"].shape == (8, 16, 16)
     assert "2 images; skipped 2 unreadable." in (output / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max_samples", "-1"], "--max_samples must be positive, got -1"),  # was a silent empty dataset
+        (["--max_samples", "0"], "--max_samples must be positive, got 0"),
+        (["--encoder_num_tokens", "0"], "--encoder_num_tokens must be positive, got 0"),
+        (["--dataloader_num_workers", "-2"], "--dataloader_num_workers must be >= 0, got -2"),
+    ],
+)
+def test_bad_option_values_are_refused_at_parse_time(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        prepare_latents.parse_args(["--train_data_dir", "x", "--output_dir", "y", *flags])
+    assert message in capsys.readouterr().err

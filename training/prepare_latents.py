@@ -140,9 +140,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.vae.lower() == "none":
         args.vae = None
     args.encoders = [name.strip() for name in args.encoder.split(",") if name.strip()] if args.encoder else []
-    for option in ("shard_size", "batch_size", "resolution"):
-        if getattr(args, option) <= 0:
-            parser.error(f"--{option} must be positive.")
+    for option in ("shard_size", "batch_size", "resolution", "max_samples", "encoder_num_tokens"):
+        if getattr(args, option) is not None and getattr(args, option) <= 0:
+            parser.error(f"--{option} must be positive, got {getattr(args, option)}.")
+    if args.dataloader_num_workers < 0:
+        parser.error(f"--dataloader_num_workers must be >= 0, got {args.dataloader_num_workers}.")
     if not 0 <= args.png_compress_level <= 9:
         parser.error(
             f"--png_compress_level must be a zlib level from 0 (uncompressed, fastest to decode) to 9, got "
