@@ -165,3 +165,22 @@ def test_bad_option_values_are_refused_at_parse_time(flags, message, capsys):
     with pytest.raises(SystemExit):
         prepare_latents.parse_args(["--train_data_dir", "x", "--output_dir", "y", *flags])
     assert message in capsys.readouterr().err
+
+
+def test_a_resume_refuses_a_source_that_changed_since_its_first_shards(tmp_path, models):
+    """Shard i holds rows i * shard_size, ...: images removed from (or added to) the source between a stopped run and
+    its resume would make the remaining shards repeat or skip rows, so the resume stops instead."""
+    source = make_image_folder(tmp_path / "images", num_classes=2, per_class=6)
+    output = tmp_path / "prepared"
+    argv = [
+        "--train_data_dir", str(source), "--resolution", "32", "--vae", str(models.vae), "--output_dir", str(output),
+        "--shard_size", "4", "--dataloader_num_workers", "0", "--cache_dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    run_prepare(argv)
+    for name in ("train-00001.parquet", "train-00002.parquet"):  # as if stopped after the first shard
+        (output / "data" / name).unlink()
+    (output / "README.md").unlink()
+    (source / "class_0" / "001.png").unlink()  # 11 images: shard 1 would now start at the old row 5
+    with pytest.raises(ValueError, match=r"has changed \(num_rows: 12 -> 11\).* repeat or skip rows"):
+        run_prepare(argv)
+    assert sorted(path.name for path in (output / "data").glob("*.parquet")) == ["train-00000.parquet"]

@@ -29,8 +29,9 @@ pixels, and a resumed run may use another level than the shards already written 
 
 Work is split into shards of `--shard_size` rows; process `i` of `n` (`accelerate launch --num_processes n`) encodes
 shards `i, i + n, ...`. Every shard is written to a temporary file and renamed when complete, so an interrupted run
-resumes where it stopped: rerunning the same command skips the shards already on disk. Unusable images (corrupt,
-truncated, too small) are left out and counted (`OUTPUT_DIR/.stats/`, and the dataset card).
+resumes where it stopped: rerunning the same command skips the shards already on disk (it refuses other settings,
+or a source whose row count or class names changed since). Unusable images (corrupt, truncated, too small) are left
+out and counted (`OUTPUT_DIR/.stats/`, and the dataset card).
 
     accelerate launch --num_processes 8 training/prepare_latents.py \
         --dataset_name ILSVRC/imagenet-1k --resolution 256 --output_dir imagenet-256-sdvae \
@@ -73,6 +74,8 @@ logger = get_logger(__name__)
 SHARD_PATTERN = "train-{:05d}.parquet"
 # Uncompressed: 1.8x faster to decode than any zlib level, the official layout; see the module docstring.
 DEFAULT_PNG_COMPRESS_LEVEL = 0
+# The source's row count and class names when the first shards were made (`.stats/`), compared on resume.
+SOURCE_FILE = "source.json"
 # The options that decide what a shard holds: a rerun must match them to resume. (`png_compress_level` is not one:
 # PNG is lossless, so shards of different levels hold the same pixels; each shard's level is in its stats file.)
 RESUME_SETTINGS = (
@@ -151,6 +154,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"{args.png_compress_level}."
         )
     return args
+
+
+def describe_source(dataset: datasets.Dataset | datasets.IterableDataset, label_column: str) -> dict:
+    """What the shards' rows depend on besides the settings: the source's row count (None for a stream) and labels."""
+    label = (dataset.features or {}).get(label_column)
+    return {
+        "num_rows": len(dataset) if isinstance(dataset, datasets.Dataset) else None,
+        "label_names": label.names if isinstance(label, datasets.ClassLabel) else None,
+    }
+
+
+def check_source(source_file: Path, source: dict, name: str, output_dir: Path) -> None:
+    """
+    Refuse to resume when the source changed since the shards on disk were made (images added to or removed from an
+    image folder, another revision of a Hub dataset): shard `i` holds rows `i * shard_size, ...`, so the remaining
+    shards would repeat or skip rows at their boundaries, or label them with other class ids. Values unknown on either
+    side (a streamed source's row count, a folder prepared before they were recorded) are not compared.
+    """
+    if not source_file.is_file():
+        return
+    recorded = json.loads(source_file.read_text(encoding="utf-8"))
+    changes = [
+        f"{key}: {recorded[key]!r} -> {value!r}"
+        for key, value in source.items()
+        if value is not None and recorded.get(key) is not None and recorded[key] != value
+    ]
+    if changes:
+        raise ValueError(
+            f"{output_dir} holds shards prepared from {name} as it was then, and it has changed "
+            f"({', '.join(changes)}): the remaining shards would repeat or skip rows, or use other class ids. Restore "
+            "the source, or prepare it again in a new --output_dir."
+        )
 
 
 def output_features(
@@ -319,7 +354,8 @@ def prepare(args: argparse.Namespace, stop: StopSignal) -> None:
     # the models have loaded, so that a run that failed on a mistyped option does not block the corrected one.)
     settings = {name: getattr(args, name) for name in RESUME_SETTINGS}
     settings_file = stats_dir / PREPARED_SETTINGS
-    if any((output_dir / "data").glob("train-*.parquet")):
+    resuming = any((output_dir / "data").glob("train-*.parquet"))
+    if resuming:
         hint = "use a new --output_dir, or the same settings to resume"
         check_recorded_settings(settings_file, settings, hint, what="shards prepared", folder=output_dir)
 
@@ -332,6 +368,9 @@ def prepare(args: argparse.Namespace, stop: StopSignal) -> None:
         streaming=args.streaming,
         cache_dir=args.cache_dir,
     )
+    source = describe_source(dataset, args.label_column)
+    if resuming:
+        check_source(stats_dir / SOURCE_FILE, source, args.dataset_name or args.train_data_dir, output_dir)
     device = accelerator.device
     vae = None
     if args.vae is not None:
@@ -351,6 +390,8 @@ def prepare(args: argparse.Namespace, stop: StopSignal) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomically(settings_file, settings)
+        if not resuming or not (stats_dir / SOURCE_FILE).is_file():
+            write_json_atomically(stats_dir / SOURCE_FILE, source)
 
     done = {int(path.stem.split("-")[1]) for path in (output_dir / "data").glob("train-*.parquet")}
 
