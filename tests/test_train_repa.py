@@ -360,6 +360,31 @@ def test_lora_adapter_saves_alone_and_loads_into_the_pipeline(trained, workspace
     assert all(torch.equal(value, base.state_dict()[name]) for name, value in base.state_dict().items())
 
 
+def test_a_pretrained_model_keeps_its_label_dropout_and_projector_revision(trained, workspace, monkeypatch):
+    """--cfg_prob and --qk_norm set a new model's values: with a pretrained model that differs they are refused (they
+    were recorded in training_args.json and the card, unused); its projector comes from the same --revision and
+    --cache_dir as its transformer."""
+    monkeypatch.setattr(train_repa.REPALoss, "__call__", lambda *args, **kwargs: pytest.fail("a training step ran"))
+    base = ["--pretrained_model_name_or_path", str(trained.output), "--max_train_steps", "1"]
+    with pytest.raises(ValueError, match=r"class_dropout_prob=0.1, but --cfg_prob is 0.3.*Pass --cfg_prob 0.1"):
+        run_training(latent_args(workspace, workspace.root / "finetune", *base, "--cfg_prob", "0.3"))
+    with pytest.raises(ValueError, match=r"qk_norm=False, but --qk_norm is True.*Pass no --qk_norm"):
+        run_training(latent_args(workspace, workspace.root / "finetune", *base, "--qk_norm"))
+
+    loads = []
+    original = REPAProjector.from_pretrained.__func__
+
+    def from_pretrained(cls, *args, **kwargs):
+        loads.append(kwargs)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(train_repa.REPAProjector, "from_pretrained", classmethod(from_pretrained))
+    args = train_repa.parse_args(latent_args(workspace, workspace.root / "finetune", *base, "--revision", "main"))
+    transformer = SiTTransformer2DModel.from_pretrained(trained.output, subfolder="transformer")
+    train_repa.build_alignment(args, transformer, types.SimpleNamespace(column_names=[]), torch.device("cpu"))
+    assert loads and loads[0]["revision"] == "main" and loads[0]["cache_dir"] == str(workspace.cache)
+
+
 def test_config_files(tmp_path):
     for path in sorted((TRAINING_DIR / "configs").glob("*.yaml")):
         args = train_repa.parse_args(["--config", str(path)])

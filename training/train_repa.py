@@ -378,6 +378,17 @@ def build_transformer(args: argparse.Namespace, data: DatasetInfo) -> SiTTransfo
     wrong = {key: transformer.config[key] for key, value in expected.items() if transformer.config[key] != value}
     if wrong:
         raise ValueError(f"The pretrained transformer has {wrong} but the data needs {expected}.")
+    # Options of a new model that a pretrained one fixes: refused when they differ, so that training_args.json and the
+    # model card never record a value the run did not train with.
+    fixed = {"cfg_prob": ("class_dropout_prob", args.cfg_prob), "qk_norm": ("qk_norm", args.qk_norm)}
+    for option, (key, value) in fixed.items():
+        if transformer.config[key] != value:
+            given = "--qk_norm" if transformer.config[key] else "no --qk_norm"
+            fix = given if option == "qk_norm" else f"--cfg_prob {transformer.config[key]}"
+            raise ValueError(
+                f"The pretrained transformer has {key}={transformer.config[key]}, but --{option} is {value}: it sets a "
+                f"new model's value and cannot change a pretrained one. Pass {fix}."
+            )
     if args.alignment_depth is not None and args.alignment_depth != transformer.config.alignment_depth:
         if not 1 <= args.alignment_depth <= transformer.config.num_layers:
             raise ValueError(
@@ -409,7 +420,10 @@ def build_alignment(
     projector = REPAProjector(transformer.hidden_size, args.projector_dim, [encoder.embed_dim for encoder in encoders])
     if args.pretrained_model_name_or_path:
         try:
-            projector = REPAProjector.from_pretrained(args.pretrained_model_name_or_path, subfolder="projector")
+            projector = REPAProjector.from_pretrained(
+                args.pretrained_model_name_or_path, subfolder="projector", revision=args.revision,
+                cache_dir=args.cache_dir,
+            )  # fmt: skip
         except OSError:
             logger.info("The pretrained model has no projector: training a new one.")
     check_compatibility(encoders, transformer, projector)
