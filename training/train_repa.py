@@ -426,6 +426,11 @@ def build_alignment(
             )  # fmt: skip
         except OSError:
             logger.info("The pretrained model has no projector: training a new one.")
+        if projector.config.projector_dim != args.projector_dim:  # recorded, so never silently another width
+            raise ValueError(
+                f"The pretrained projector is {projector.config.projector_dim} wide, but --projector_dim is "
+                f"{args.projector_dim}: pass --projector_dim {projector.config.projector_dim}."
+            )
     check_compatibility(encoders, transformer, projector)
     return projector, AlignmentTargets.for_dataset(encoders, dataset).to(device)
 
