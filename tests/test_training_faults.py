@@ -285,6 +285,10 @@ def test_resolution_the_encoder_cannot_use_fails_before_the_first_step(workspace
         (["--model_kwargs", "[1, 2]"], "expected a JSON object"),
         (["--model_kwargs", "{num_layers: 2}"], "not valid JSON"),
         (["--overwrite_output_dir", "--resume_from_checkpoint", "latest"], "cannot be combined"),
+        (  # was ignored, yet recorded in training_args.json
+            ["--pretrained_model_name_or_path", "m", "--model_kwargs", '{"num_layers": 2}'],
+            "--model_kwargs configures a new model",
+        ),
     ],
 )
 def test_bad_option_values_are_refused_at_parse_time(flags, message, capsys):

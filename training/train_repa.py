@@ -331,6 +331,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("pass exactly one of --dataset_name and --train_data_dir.")
     if args.proj_coeff > 0 and not encoder_names(args.encoder):
         parser.error("--proj_coeff > 0 needs an alignment --encoder (or pass --proj_coeff 0 for a plain SiT).")
+    if args.model_kwargs and args.pretrained_model_name_or_path is not None:
+        parser.error("--model_kwargs configures a new model; a --pretrained_model_name_or_path keeps its own config.")
     if args.lora_rank is not None and args.pretrained_model_name_or_path is None:
         parser.error("--lora_rank fine-tunes a pretrained SiT: pass --pretrained_model_name_or_path.")
     if args.push_checkpoints_to_hub and not args.push_to_hub:
