@@ -285,6 +285,8 @@ def test_resolution_the_encoder_cannot_use_fails_before_the_first_step(workspace
         (["--model_kwargs", "[1, 2]"], "expected a JSON object"),
         (["--model_kwargs", "{num_layers: 2}"], "not valid JSON"),
         (["--overwrite_output_dir", "--resume_from_checkpoint", "latest"], "cannot be combined"),
+        (["--lr_warmup_steps", "10"], "--lr_warmup_steps needs a schedule with warm-up"),  # was no warm-up
+        (["--lr_scheduler", "cosinus"], "argument --lr_scheduler: invalid choice"),  # was a traceback after set-up
         (  # was ignored, yet recorded in training_args.json
             ["--pretrained_model_name_or_path", "m", "--model_kwargs", '{"num_layers": 2}'],
             "--model_kwargs configures a new model",

@@ -112,6 +112,8 @@ RESUME_CAN_CHANGE = (
     # refused by `resume_options` (the checkpoint holds no loss-scaler state).
     "fast", "mixed_precision",
 )  # fmt: skip
+# diffusers' schedules that need nothing but warm-up and total steps (piecewise_constant needs rules).
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 RESUME_NOT_COMPARED = ("config", "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "encoders")
 
 
@@ -213,8 +215,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--max_train_steps", type=int, default=400_000)
     optim.add_argument("--num_train_epochs", "--epochs", type=int, default=None, help="Optional bound on epochs.")
     optim.add_argument("--learning_rate", type=float, default=1e-4)
-    optim.add_argument("--lr_scheduler", default="constant", help="diffusers `get_scheduler` name.")
-    optim.add_argument("--lr_warmup_steps", type=int, default=0)
+    optim.add_argument(
+        "--lr_scheduler", default="constant", choices=LR_SCHEDULERS, help="diffusers `get_scheduler` name."
+    )
+    optim.add_argument(
+        "--lr_warmup_steps", type=int, default=0, help="Warm-up steps (of a schedule that has them, not `constant`)."
+    )
     optim.add_argument("--adam_beta1", type=float, default=0.9)
     optim.add_argument("--adam_beta2", type=float, default=0.999)
     optim.add_argument("--adam_weight_decay", type=float, default=0.0)
@@ -339,6 +345,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--push_checkpoints_to_hub needs --push_to_hub.")
     if args.overwrite_output_dir and args.resume_from_checkpoint is not None:
         parser.error("--overwrite_output_dir starts a new run: it cannot be combined with --resume_from_checkpoint.")
+    if args.lr_warmup_steps and args.lr_scheduler == "constant":  # diffusers' constant schedule ignores it
+        parser.error("--lr_warmup_steps needs a schedule with warm-up: pass --lr_scheduler constant_with_warmup.")
     if args.fid_steps and args.fid_reference is None:
         parser.error("--fid_steps needs --fid_reference (an ADM reference .npz, or a dataset to build one from).")
     if args.cknna_steps and args.proj_coeff == 0:
