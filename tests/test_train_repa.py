@@ -25,6 +25,7 @@ from diffusers_repa.training_utils import ProjCoeffSchedule, encoder_names
 
 from .train_fixtures import (
     REPO_ROOT,
+    TINY_SIT,
     TRAINING_DIR,
     assert_same_tensors,
     build_workspace,
@@ -361,9 +362,9 @@ def test_lora_adapter_saves_alone_and_loads_into_the_pipeline(trained, workspace
 
 
 def test_a_pretrained_model_keeps_its_label_dropout_and_projector_revision(trained, workspace, monkeypatch):
-    """--cfg_prob, --qk_norm and --projector_dim set a new model's values: with a pretrained model that differs they are
-    refused (they were recorded in training_args.json and the card, unused); its projector comes from the same
-    --revision and --cache_dir as its transformer."""
+    """--cfg_prob, --qk_norm, --projector_dim and --model_kwargs set a new model's values: with a pretrained model that
+    differs they are refused (they were recorded in training_args.json and the card, unused); its projector comes from
+    the same --revision and --cache_dir as its transformer."""
     monkeypatch.setattr(train_repa.REPALoss, "__call__", lambda *args, **kwargs: pytest.fail("a training step ran"))
     base = ["--pretrained_model_name_or_path", str(trained.output), "--max_train_steps", "1"]
     with pytest.raises(ValueError, match=r"class_dropout_prob=0.1, but --cfg_prob is 0.3.*Pass --cfg_prob 0.1"):
@@ -372,6 +373,9 @@ def test_a_pretrained_model_keeps_its_label_dropout_and_projector_revision(train
         run_training(latent_args(workspace, workspace.root / "finetune", *base, "--qk_norm"))
     with pytest.raises(ValueError, match=r"projector is 32 wide, but --projector_dim is 64: pass --projector_dim 32"):
         run_training(latent_args(workspace, workspace.root / "finetune", *base, "--projector_dim", "64"))
+    three_blocks = TINY_SIT.replace('"num_layers": 2', '"num_layers": 3')  # the fixture's own --model_kwargs pass
+    with pytest.raises(ValueError, match=r"--model_kwargs \{'num_layers': 3\} configures a new model.*'num_layers': 2"):
+        run_training(latent_args(workspace, workspace.root / "finetune", *base, "--model_kwargs", three_blocks))
 
     loads = []
     original = REPAProjector.from_pretrained.__func__

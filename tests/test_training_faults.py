@@ -287,10 +287,6 @@ def test_resolution_the_encoder_cannot_use_fails_before_the_first_step(workspace
         (["--overwrite_output_dir", "--resume_from_checkpoint", "latest"], "cannot be combined"),
         (["--lr_warmup_steps", "10"], "--lr_warmup_steps needs a schedule with warm-up"),  # was no warm-up
         (["--lr_scheduler", "cosinus"], "argument --lr_scheduler: invalid choice"),  # was a traceback after set-up
-        (  # was ignored, yet recorded in training_args.json
-            ["--pretrained_model_name_or_path", "m", "--model_kwargs", '{"num_layers": 2}'],
-            "--model_kwargs configures a new model",
-        ),
     ],
 )
 def test_bad_option_values_are_refused_at_parse_time(flags, message, capsys):

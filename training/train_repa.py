@@ -337,8 +337,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("pass exactly one of --dataset_name and --train_data_dir.")
     if args.proj_coeff > 0 and not encoder_names(args.encoder):
         parser.error("--proj_coeff > 0 needs an alignment --encoder (or pass --proj_coeff 0 for a plain SiT).")
-    if args.model_kwargs and args.pretrained_model_name_or_path is not None:
-        parser.error("--model_kwargs configures a new model; a --pretrained_model_name_or_path keeps its own config.")
     if args.lora_rank is not None and args.pretrained_model_name_or_path is None:
         parser.error("--lora_rank fine-tunes a pretrained SiT: pass --pretrained_model_name_or_path.")
     if args.push_checkpoints_to_hub and not args.push_to_hub:
@@ -390,6 +388,12 @@ def build_transformer(args: argparse.Namespace, data: DatasetInfo) -> SiTTransfo
         raise ValueError(f"The pretrained transformer has {wrong} but the data needs {expected}.")
     # Options of a new model that a pretrained one fixes: refused when they differ, so that training_args.json and the
     # model card never record a value the run did not train with.
+    other = {key: value for key, value in args.model_kwargs.items() if transformer.config.get(key, value) != value}
+    if other:
+        raise ValueError(
+            f"--model_kwargs {other} configures a new model, but the pretrained transformer has "
+            f"{ {key: transformer.config.get(key) for key in other} }: drop them, or pass its values."
+        )
     fixed = {"cfg_prob": ("class_dropout_prob", args.cfg_prob), "qk_norm": ("qk_norm", args.qk_norm)}
     for option, (key, value) in fixed.items():
         if transformer.config[key] != value:
