@@ -1753,14 +1753,19 @@ def load_training_state(accelerator: "Accelerator", resume_path: Path, lr_schedu
     state = json.loads((resume_path / TRAINING_STATE).read_text())
     manifest = resume_path / MANIFEST
     saved_processes = json.loads(manifest.read_text()).get("num_processes") if manifest.is_file() else None
-    if lr_scheduler is not None and saved_processes and saved_processes != accelerator.num_processes:
-        schedule = lr_scheduler.scheduler
-        position = schedule.last_epoch
-        schedule.last_epoch = position // saved_processes * accelerator.num_processes
+    if saved_processes and saved_processes != accelerator.num_processes:
+        note = ""
+        if lr_scheduler is not None:
+            schedule = lr_scheduler.scheduler
+            position = schedule.last_epoch
+            schedule.last_epoch = position // saved_processes * accelerator.num_processes
+            note = (
+                f"; the learning-rate schedule continues from the same optimizer step (position {position} -> "
+                f"{schedule.last_epoch} in accelerate's units, one per process and step)"
+            )
         logger.warning(
             f"{resume_path} was saved by {saved_processes} processes and this run has {accelerator.num_processes}: "
-            f"the learning-rate schedule continues from the same optimizer step (its position {position} -> "
-            f"{schedule.last_epoch})."
+            f"the random streams differ, so the run will not repeat an uninterrupted one exactly{note}."
         )
     return TrainState(state["global_step"], state["batches_seen"])
 
