@@ -388,7 +388,7 @@ def build_transformer(args: argparse.Namespace, data: DatasetInfo) -> SiTTransfo
         raise ValueError(f"The pretrained transformer has {wrong} but the data needs {expected}.")
     # Options of a new model that a pretrained one fixes: refused when they differ, so that training_args.json and the
     # model card never record a value the run did not train with.
-    other = {key: value for key, value in args.model_kwargs.items() if transformer.config.get(key, value) != value}
+    other = {key: value for key, value in args.model_kwargs.items() if transformer.config.get(key) != value}
     if other:
         raise ValueError(
             f"--model_kwargs {other} configures a new model, but the pretrained transformer has "
