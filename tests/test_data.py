@@ -215,3 +215,12 @@ def test_sample_posterior_matches_official_and_is_reproducible():
     torch.testing.assert_close(sample_posterior(zero_std, scale, latent_shift=-1.0), mean * scale - 1.0)
     with pytest.raises(ValueError, match=r"\(batch, 2\*C, h, w\)"):
         sample_posterior(torch.zeros(2, 3, 8, 8))
+
+
+def test_module_docstring_examples():
+    """The examples run (the closing fences were read as expected output, and the module example needed a folder)."""
+    import doctest
+
+    import diffusers_repa.data as module
+
+    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0

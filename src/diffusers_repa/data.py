@@ -10,15 +10,26 @@ reported ([`SkippedImages`]) and left out.
 Typical use with a `DataLoader`:
 
 ```py
+>>> import os, tempfile
+>>> from PIL import Image
 >>> from torch.utils.data import DataLoader
 >>> from diffusers_repa.data import ImageTransform, SkippedImages, load_image_dataset
 
->>> dataset = load_image_dataset(train_data_dir="my_images/")  # class sub-folders
+>>> folder = tempfile.mkdtemp()  # one sub-folder per class
+>>> for label, colour in (("cat", "orange"), ("dog", "gray")):
+...     os.makedirs(os.path.join(folder, label))
+...     Image.new("RGB", (320, 280), colour).save(os.path.join(folder, label, "0.png"))
+>>> with open(os.path.join(folder, "dog", "1.png"), "wb") as file:  # a damaged file: skipped, not fatal
+...     _ = file.write(b"not a png")
+>>> dataset = load_image_dataset(train_data_dir=folder, cache_dir=tempfile.mkdtemp())
 >>> transform = ImageTransform(resolution=256)
 >>> loader = DataLoader(dataset.with_transform(transform), batch_size=64, collate_fn=transform.collate)
 >>> skipped = SkippedImages()
 >>> for batch in loader:
-...     skipped.update(batch["skipped"])  # batch["pixel_values"]: (B, 3, 256, 256) uint8
+...     skipped.update(batch["skipped"])
+>>> batch["pixel_values"].shape, batch["class_labels"].tolist(), skipped.total
+(torch.Size([2, 3, 256, 256]), [0, 1], 1)
+
 ```
 
 With `streaming=True`, apply the transform with `dataset.map(transform, batched=True)` instead of `with_transform`.
@@ -74,6 +85,7 @@ class SkippedImages:
     True
     >>> skipped.as_dict()
     {'skipped_images/unreadable': 1}
+
     ```
     """
 
@@ -131,6 +143,7 @@ def adm_center_crop(pil_image: Image.Image, resolution: int) -> Image.Image:
 
     >>> adm_center_crop(Image.new("RGB", (1200, 800)), 256).size
     (256, 256)
+
     ```
     """
     while min(*pil_image.size) >= 2 * resolution:
@@ -225,6 +238,7 @@ def preprocess_image(
 
     >>> preprocess_image(Image.new("CMYK", (300, 400)), resolution=64).shape
     torch.Size([3, 64, 64])
+
     ```
     """
     try:
@@ -422,6 +436,7 @@ def sample_posterior(
     >>> moments = torch.cat([torch.zeros(2, 4, 32, 32), torch.ones(2, 4, 32, 32)], dim=1)
     >>> sample_posterior(moments, generator=torch.manual_seed(0)).shape
     torch.Size([2, 4, 32, 32])
+
     ```
     """
     if moments.ndim != 4 or moments.shape[1] % 2:
