@@ -102,6 +102,8 @@ def test_latest_without_a_checkpoint_restarts_only_the_folders_own_run(workspace
     output = tmp_path / "run"
     first = latent_args(workspace, output, "--max_train_steps", "2", "--checkpointing_steps", "100")
     run_training(first + ["--validation_steps", "1"])
+    # A finished run saves its last step; without it, the folder is that of a run killed before its first checkpoint.
+    shutil.rmtree(output / "checkpoint-2")
     assert steps(output) == [] and (output / "samples" / "step-0000001.png").is_file()
     with monkeypatch.context() as patch:
         without_steps(patch)
@@ -112,6 +114,34 @@ def test_latest_without_a_checkpoint_restarts_only_the_folders_own_run(workspace
     assert "--seed: 0 -> 1" in message and "--batch_size: 4 -> 8" in message, message
     assert json.loads((output / "training_args.json").read_text())["seed"] == 0
     run_training(first + ["--resume_from_checkpoint", "latest", "--logging_steps", "2"])  # its own run: restarts
+
+
+def test_the_last_step_is_saved_before_the_final_evaluation_and_a_signal_there_stops_before_the_outputs(
+    workspace, tmp_path, monkeypatch, capsys
+):
+    """A run ending between checkpoints saves its last step before the final evaluation and outputs (long at real
+    sizes): a SIGTERM during them stops with that checkpoint and no final outputs, and `latest` then writes the outputs
+    without training a step."""
+    output = tmp_path / "run"
+    argv = latent_args(workspace, output, "--max_train_steps", "3", "--checkpointing_steps", "2")
+    final_evaluation = training_utils.TrainingEvaluation.run
+
+    def run(self, *args, final=False, **kwargs):
+        if final:
+            os.kill(os.getpid(), signal.SIGTERM)  # the job's preemption notice arrives during the final evaluation
+        return final_evaluation(self, *args, final=final, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training_utils.TrainingEvaluation, "run", run)
+        run_training(argv)
+    assert steps(output) == [2, 3]
+    assert "Stopped by SIGTERM at step 3; saved" in capsys.readouterr().out
+    assert not (output / "model_index.json").exists() and not (output / "README.md").exists()
+    with monkeypatch.context() as patch:
+        without_steps(patch)
+        run_training(argv + ["--resume_from_checkpoint", "latest"])
+    assert (output / "model_index.json").is_file() and (output / "sample_grid.png").is_file()
+    assert steps(output) == [2, 3]
 
 
 def test_a_resume_refuses_other_data_under_the_same_name(workspace, tmp_path, monkeypatch):

@@ -688,10 +688,20 @@ def train(args: argparse.Namespace, stop: StopSignal, lock: OutputDirLock | None
     progress_bar.close()
     if metrics.steps:  # the steps since the last logging step
         log_metrics(proj_coeff_at(state.global_step - 1))
-    if stopping:  # SIGTERM/SIGINT/SIGUSR1: the step is complete; save it, so that a re-queued job loses nothing
-        last = guard.last_checkpoint
-        if last is None or last.name != f"checkpoint-{state.global_step}":
-            last = checkpoint(push=False) if state.global_step > 0 else None
+    # The last step is saved, unless it just was: on a signal (SIGTERM/SIGINT/SIGUSR1), so that a re-queued job loses
+    # nothing, and before the final evaluation and outputs, which can take long: a kill or a signal there loses no
+    # training, and the same command with `--resume_from_checkpoint latest` redoes only them.
+    last = guard.last_checkpoint
+    if state.global_step > 0 and (
+        last is None or last.resolve() != (output_dir / f"checkpoint-{state.global_step}").resolve()
+    ):
+        last = checkpoint(push=not stopping)
+    if not stopping:
+        if skipped.total:
+            logger.warning(f"Images skipped on this process: {skipped}", main_process_only=False)
+        evaluation.run(accelerator, transformer, ema, spec, state.global_step, final=True)  # what is not measured yet
+        stopping = stop.should_stop(accelerator)  # a signal during the final evaluation
+    if stopping:
         accelerator.print(
             f"Stopped by {stop.received or 'a signal to another process'} at step {state.global_step}; "
             f"{f'saved {last}' if last else 'nothing to save'}. Run the same command with --resume_from_checkpoint "
@@ -699,9 +709,6 @@ def train(args: argparse.Namespace, stop: StopSignal, lock: OutputDirLock | None
         )
         accelerator.end_training()
         return
-    if skipped.total:
-        logger.warning(f"Images skipped on this process: {skipped}", main_process_only=False)
-    evaluation.run(accelerator, transformer, ema, spec, state.global_step, final=True)  # what is not measured yet
 
     # ---- Final outputs: the EMA weights as a pipeline folder, the projector, a sample grid, the model card ----
     accelerator.wait_for_everyone()
