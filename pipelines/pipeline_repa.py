@@ -268,6 +268,9 @@ class REPAPipeline(DiffusionPipeline):
         noise_sampler: NoiseSampler | None,
         output_type: str,
         callback_on_step_end_tensor_inputs: list[str],
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        callback_on_step_end: Callable | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
     ) -> None:
         """Raise a `ValueError` for any invalid argument, before any work is done."""
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
@@ -313,6 +316,31 @@ class REPAPipeline(DiffusionPipeline):
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(f"`callback_on_step_end_tensor_inputs` {unknown} not in {self._callback_tensor_inputs}.")
+        batch_size = latents_shape[0]
+        generators = generator if isinstance(generator, list) else [generator]
+        if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
+            raise ValueError(
+                f"`generator` must be a `torch.Generator` or a list of them (one per image), got {generator!r}."
+            )
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"You have passed a list of generators of length {len(generator)}, but requested a batch of "
+                f"{batch_size} images (one per class label): pass one generator per image, or a single generator."
+            )
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError(
+                "`callback_on_step_end` must be callable as `callback_on_step_end(pipe, step, t, callback_kwargs)`, "
+                f"got {type(callback_on_step_end).__name__}."
+            )
+        if attention_kwargs is not None:
+            if not isinstance(attention_kwargs, dict):
+                raise ValueError(
+                    f"`attention_kwargs` must be a dict such as {{'scale': 0.5}}, "
+                    f"got {type(attention_kwargs).__name__}."
+                )
+            unknown = sorted(set(attention_kwargs) - {"scale"})
+            if unknown:
+                raise ValueError(f"`attention_kwargs` supports only `scale` (the LoRA scale), got {unknown}.")
 
     def _step_noise(
         self,
@@ -432,6 +460,9 @@ class REPAPipeline(DiffusionPipeline):
             noise_sampler,
             output_type,
             callback_on_step_end_tensor_inputs,
+            generator=generator,
+            callback_on_step_end=callback_on_step_end,
+            attention_kwargs=attention_kwargs,
         )
         _check_fast_options(fast, fast_dtype)
         self._guidance_scale = guidance_scale

@@ -118,6 +118,14 @@ def test_labels(repa_tiny_pipeline):
         ({"noise_sampler": lambda i, x: torch.randn(1, 4, 4, 4)}, "noise_sampler"),
         ({"noise_sampler": "randn"}, "noise_sampler"),
         ({"callback_on_step_end_tensor_inputs": ["velocity"]}, "callback_on_step_end_tensor_inputs"),
+        # One generator per image: a list of another length was an IndexError (or, with `latents` given, an error
+        # from the SDE scheduler's first noise draw, after a model call); a longer list was silently cut.
+        ({"generator": [torch.Generator()] * 2}, "list of generators of length 2"),
+        ({"generator": [torch.Generator()] * 2, "latents": torch.randn(1, 4, 8, 8)}, "list of generators"),
+        ({"generator": 0}, "torch.Generator"),
+        ({"callback_on_step_end": "stop"}, "callback_on_step_end"),
+        ({"attention_kwargs": {"lora_scale": 0.5}}, "supports only `scale`"),
+        ({"attention_kwargs": 0.5}, "attention_kwargs"),
     ],
 )
 def test_bad_input_raises_before_any_model_call(kwargs, message, repa_tiny_pipeline):
