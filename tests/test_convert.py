@@ -303,3 +303,54 @@ class TestOutputFolder:
         assert main([*argv, "--overwrite"]) == 0
         assert "blocks.0.attn.qkv.weight" in torch.load(target, weights_only=True)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "model"]
+
+
+class TestBadFlagsAreOneSentenceBeforeAnyWork:
+    """Each bad or ignored flag is refused with exit code 2 and one line, and nothing is written."""
+
+    @pytest.fixture
+    def flat_checkpoint(self, official, tmp_path):
+        path = tmp_path / "last.pt"
+        torch.save(official[0], path)
+        return path
+
+    @pytest.mark.parametrize(
+        "extra, message",
+        [
+            # A flat state dict has one set of weights: --use_raw was silently ignored.
+            (["--use_raw"], "flat state dict"),
+            # Was a ZeroDivisionError traceback.
+            (["--num_attention_heads", "0"], "`num_attention_heads` must be an integer >= 1"),
+            # Was silently replaced by the official default 8 (`0 or 8`).
+            (["--alignment_depth", "0"], "`alignment_depth` must be an integer >= 1"),
+            # Was a traceback from the model's constructor.
+            (["--sample_size", "5"], "not a valid SiT"),
+            # Was an OSError traceback after the conversion.
+            (["--vae", "no/such/vae/folder"], "--vae no/such/vae/folder: no AutoencoderKL"),
+            # --hub_code without --vae wrote no code, silently.
+            (["--hub_code"], "--hub_code: not used"),
+            (["--output", "x.pt"], "--output: not used"),
+        ],
+    )
+    def test_to_diffusers(self, extra, message, flat_checkpoint, tmp_path, capsys):
+        out = tmp_path / "out"
+        argv = ["--checkpoint", str(flat_checkpoint), "--output_dir", str(out), "--num_attention_heads", "6"]
+        argv += ["--alignment_depth", "3"]
+        for flag in ("--num_attention_heads", "--alignment_depth"):
+            if flag in extra:  # the extra value replaces the default one
+                index = argv.index(flag)
+                del argv[index : index + 2]
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+
+    @pytest.mark.parametrize("extra", [["--use_raw"], ["--checkpoint", "last.pt"], ["--vae", "v"], ["--hub_code"]])
+    def test_to_official(self, extra, official, tmp_path, capsys):
+        transformer, _ = convert_official_state_dict(official[0], num_attention_heads=6, alignment_depth=3)
+        transformer.save_pretrained(tmp_path / "model" / "transformer")
+        target = tmp_path / "last.pt"
+        argv = ["--to_official", "--pretrained_model_name_or_path", str(tmp_path / "model"), "--output", str(target)]
+        assert main([*argv, *extra]) == 2
+        assert f"{extra[0]}: not used by --to_official" in capsys.readouterr().err
+        assert not target.exists()

@@ -131,6 +131,11 @@ def _split_checkpoint(checkpoint: Mapping[str, Any], use_raw: bool) -> tuple[dic
             raise CheckpointError(f"The training checkpoint has no {which!r} weights (has {sorted(checkpoint)}).")
         state_dict, args = checkpoint[which], checkpoint.get("args")
     else:
+        if use_raw:
+            raise CheckpointError(
+                "`use_raw` (--use_raw) takes the online `model` weights of an official training checkpoint, but this "
+                "is a flat state dict (such as the released last.pt) with one set of weights: drop it."
+            )
         state_dict, args = checkpoint, None
     if not isinstance(state_dict, Mapping) or not all(torch.is_tensor(v) for v in state_dict.values()):
         raise CheckpointError("The checkpoint's weights are not a mapping of names to tensors.")
@@ -166,6 +171,10 @@ def _infer_config(state_dict: Mapping[str, torch.Tensor], args: Any, overrides: 
     elif _namespace_get(args, "resolution") is not None:
         config["sample_size"] = int(_namespace_get(args, "resolution")) // 8
 
+    for name in ("num_attention_heads", "alignment_depth", "sample_size"):
+        value = overrides.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CheckpointError(f"`{name}` must be an integer >= 1, got {value!r}.")
     heads = overrides.pop("num_attention_heads", None)
     model_name = _namespace_get(args, "model")
     if heads is None and model_name in SIT_PRESETS:
@@ -182,8 +191,10 @@ def _infer_config(state_dict: Mapping[str, torch.Tensor], args: Any, overrides: 
         raise CheckpointError(f"Width {hidden_size} is not divisible by {heads} attention heads.")
     config["num_attention_heads"] = int(heads)
     config["attention_head_dim"] = int(hidden_size // heads)
-    depth = overrides.pop("alignment_depth", None) or _namespace_get(args, "encoder_depth")
-    config["alignment_depth"] = int(depth or OFFICIAL_DEFAULT_ALIGNMENT_DEPTH)
+    depth = overrides.pop("alignment_depth", None)
+    if depth is None:
+        depth = _namespace_get(args, "encoder_depth") or OFFICIAL_DEFAULT_ALIGNMENT_DEPTH
+    config["alignment_depth"] = int(depth)
     if not 1 <= config["alignment_depth"] <= num_layers:
         raise CheckpointError(
             f"alignment depth {config['alignment_depth']} does not fit a {num_layers}-block model: pass "
@@ -274,7 +285,8 @@ def convert_official_state_dict(
     Args:
         state_dict: a flat official state dict (the released `last.pt`), or an official training checkpoint
             (`model`/`ema`/`opt`/`args`/`steps`), whose EMA weights are used unless `use_raw=True`.
-        use_raw: take the online (`model`) weights of a training checkpoint instead of the EMA.
+        use_raw: take the online (`model`) weights of a training checkpoint instead of the EMA (a flat state
+            dict has only one set of weights: `use_raw=True` raises a [`CheckpointError`] for it).
         config_overrides: [`SiTTransformer2DModel`] config values the shapes cannot tell, e.g.
             `num_attention_heads=16, alignment_depth=8` (defaults: the official run's `args`, then the matching
             preset's heads and the official alignment depth 8).
@@ -295,8 +307,11 @@ def convert_official_state_dict(
     converted = official_to_diffusers_state_dict(weights, config["num_layers"])
     # Weights on the meta device (a shape manifest) build the model there too, without allocating it.
     device = "meta" if any(value.is_meta for value in weights.values()) else "cpu"
-    with torch.device(device):
-        transformer = SiTTransformer2DModel(**config)
+    try:
+        with torch.device(device):
+            transformer = SiTTransformer2DModel(**config)
+    except ValueError as error:  # e.g. a `sample_size` override that is not a multiple of the patch size
+        raise CheckpointError(f"The inferred config {config} is not a valid SiT: {error}") from None
     _strict_load(transformer, converted, "transformer")
     if "pos_embed" in weights:
         official_pos, ours = weights["pos_embed"], transformer.pos_embed.pos_embed
@@ -453,9 +468,52 @@ def _replace_whole(destination: Path, write: Any) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def _check_flag_combination(args: argparse.Namespace) -> None:
+    """Refuse flags that the chosen direction would ignore (e.g. `--hub_code` without `--vae` wrote no code)."""
+    if args.to_official:
+        given = {
+            "--checkpoint": args.checkpoint is not None,
+            "--output_dir": args.output_dir is not None,
+            "--use_raw": args.use_raw,
+            "--num_attention_heads": args.num_attention_heads is not None,
+            "--alignment_depth": args.alignment_depth is not None,
+            "--sample_size": args.sample_size is not None,
+            "--vae": args.vae is not None,
+            "--hub_code": args.hub_code,
+        }
+        direction = "--to_official (it converts --pretrained_model_name_or_path to --output)"
+    else:
+        given = {
+            "--pretrained_model_name_or_path": args.pretrained_model_name_or_path is not None,
+            "--output": args.output is not None,
+            "--hub_code": args.hub_code and args.vae is None,
+        }
+        direction = "a conversion to diffusers (--hub_code needs --vae; the others need --to_official)"
+    ignored = [flag for flag, present in given.items() if present]
+    if ignored:
+        raise CheckpointError(
+            f"{', '.join(ignored)}: not used by {direction}, so it would be ignored; drop "
+            f"{'it' if len(ignored) == 1 else 'them'} or change the command."
+        )
+
+
+def _load_vae(name_or_path: str) -> Any:
+    """The `AutoencoderKL` of `--vae` (a folder or Hub repo id); one sentence when it cannot be loaded."""
+    from diffusers import AutoencoderKL
+
+    try:
+        return AutoencoderKL.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(
+            f"--vae {name_or_path}: no AutoencoderKL could be loaded ({_first_line(error)}); pass a VAE folder "
+            "(with config.json and weights) or a Hub repo id such as stabilityai/sd-vae-ft-ema."
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
+        _check_flag_combination(args)
         if args.to_official:
             if args.pretrained_model_name_or_path is None or args.output is None:
                 raise CheckpointError("--to_official needs --pretrained_model_name_or_path and --output.")
@@ -473,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("num_attention_heads", "alignment_depth", "sample_size")
             if (value := getattr(args, name)) is not None
         }
+        vae = _load_vae(args.vae) if args.vae is not None else None  # a bad --vae is found before converting
         transformer, projector = convert_official_state_dict(
             load_official_checkpoint(args.checkpoint), use_raw=args.use_raw, **overrides
         )
@@ -480,13 +539,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     pipeline = None
-    if args.vae is not None:
-        from diffusers import AutoencoderKL
-
+    if vae is not None:
         from .pipeline_repa import REPAPipeline
         from .schedulers import SiTEulerMaruyamaScheduler
 
-        vae = AutoencoderKL.from_pretrained(args.vae)
         pipeline = REPAPipeline(transformer, SiTEulerMaruyamaScheduler(), vae=vae)
 
     def write(folder: Path) -> None:
