@@ -279,3 +279,47 @@ def test_two_processes_share_the_work_and_stop_together(repa_tiny_pipeline_dir, 
     assert not output.exists() and len(list(parts.glob("batch_*.npz"))) < 12
     assert main(npz_argv(repa_tiny_pipeline_dir, output, *extra)) == 0
     assert_same_npz(output, reference)
+
+
+def test_a_model_changed_in_place_does_not_resume(repa_tiny_pipeline_dir, tmp_path, capsys):
+    """The same flags on a pipeline folder retrained or re-converted in place (or a Hub repo with new commits) would
+    mix two models' images in one FID file: the model's fingerprint is part of the recorded settings."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(repa_tiny_pipeline_dir, model)
+    output = tmp_path / "s.npz"
+    argv = npz_argv(model, output, "--num_images", "4", "--batch_size", "2")
+    assert main(argv) == 0
+    parts = tmp_path / "s.npz.parts"
+    (parts / "batch_000001.npz").unlink()
+    output.unlink()
+    weights = model / "transformer" / "diffusion_pytorch_model.safetensors"
+    original_weights = weights.read_bytes()
+    state_dict = load_file(weights)
+    state_dict["proj_out_2.bias"] = state_dict["proj_out_2.bias"] + 0.25
+    save_file(state_dict, weights)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "changed: the model (its weights or configs)" in err and not output.exists()
+    assert sorted(path.name for path in parts.iterdir()) == ["batch_000000.npz", "settings.json"]
+    # So is another scheduler config (e.g. the path the SDE's score assumes) under the same flags.
+    weights.write_bytes(original_weights)
+    scheduler_config = model / "scheduler" / "scheduler_config.json"
+    original = scheduler_config.read_text()
+    scheduler_config.write_text(json.dumps({**json.loads(original), "path_type": "cosine"}))
+    assert main(argv) == 2 and "changed: the model" in capsys.readouterr().err
+    # The original model resumes; a settings.json written before the fingerprint was recorded resumes too.
+    scheduler_config.write_text(original)
+    settings_file = parts / "settings.json"
+    settings = json.loads(settings_file.read_text())
+    assert main(argv) == 0
+    reference = np.load(output)["arr_0"]
+    del settings["model_fingerprint"]
+    settings_file.write_text(json.dumps(settings))
+    (parts / "batch_000001.npz").unlink()
+    output.unlink()
+    assert main(argv) == 0
+    np.testing.assert_array_equal(np.load(output)["arr_0"], reference)

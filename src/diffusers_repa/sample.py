@@ -18,7 +18,8 @@ Every image has its own generator, seeded from `(--seed, image index)`, so the i
 the number of processes, or on resuming. The `npz` mode writes finished batches to `<output>.parts/` (each written
 atomically) and assembles `<output>` (`arr_0`: uint8 `(N, H, W, 3)`, plus `labels`) once all are there; `<output>`
 gets the `.npz` suffix if it lacks one (as NumPy would add it). All arguments, the model included, are checked before
-anything is written, and `<output>.parts/settings.json` records them: a rerun with other settings is refused.
+anything is written, and `<output>.parts/settings.json` records them with a fingerprint of the model (its weights and
+configs): a rerun with other settings, or on a model changed in place, is refused.
 
 Preemption: on SIGTERM (SLURM, Kubernetes), SIGINT (Ctrl-C) or SIGUSR1, `npz` stops at the next denoising step,
 discards the unfinished batch (nothing partial is ever written), keeps the finished ones, and exits with code 0 and
@@ -28,12 +29,14 @@ invalid argument, with a one-line message.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -208,6 +211,30 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"The batch file {path} is damaged ({type(error).__name__}): delete it and rerun.") from None
 
 
+def model_fingerprint(pipeline: REPAPipeline) -> str:
+    """
+    SHA-256 of what the images depend on beyond the flags: the transformer's and the VAE's weights (in the dtype
+    sampled with), their configs, the scheduler's config (e.g. `path_type`, `t_last`) and the latent scaling. A
+    pipeline folder retrained or re-converted in place, or a Hub repo with new commits, gets another fingerprint
+    (hashing reads every weight once: about a second per GB).
+    """
+
+    def public(config: Any) -> dict[str, Any]:  # leaves out `_diffusers_version`, `_name_or_path`, ...
+        return {key: value for key, value in dict(config).items() if not key.startswith("_")}
+
+    modules = {"transformer": pipeline.transformer, "vae": pipeline.vae}
+    configs = {name: public(module.config) for name, module in modules.items() if module is not None}
+    configs["scheduler"] = public(pipeline.scheduler.config)
+    configs["pipeline"] = {key: pipeline.config.get(key) for key in ("latent_scale", "shift_factor")}
+    digest = hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode())
+    for name, module in modules.items():
+        for key, tensor in sorted((module.state_dict() if module is not None else {}).items()):
+            tensor = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}.{key} {tensor.dtype} {tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def _agree_to_stop(stop: StopSignal, state: PartialState) -> bool:
     """Whether any process got a stop signal; every process calls this once per round, so none is left waiting."""
     flag = stop.received is not None
@@ -232,6 +259,8 @@ def run_npz(args: argparse.Namespace, stop: StopSignal) -> None:
         for key, value in vars(args).items()
         if key not in ("output", "command") and not (key == "fast" and not value)  # runs from before --fast resume
     }
+    # The same flags on a model changed in place (retrained, re-converted, new Hub commits) must not resume either.
+    settings["model_fingerprint"] = model_fingerprint(pipeline)
     settings_file = parts / "settings.json"
     try:
         recorded = json.loads(settings_file.read_text()) if settings_file.exists() else None
@@ -240,16 +269,21 @@ def run_npz(args: argparse.Namespace, stop: StopSignal) -> None:
     except ValueError:
         raise ValueError(f"{settings_file} is unreadable: delete {parts} (or use another --output).") from None
     state.wait_for_everyone()  # every process has read the settings before the main process writes them
-    if recorded is not None and recorded != settings:
+    if recorded is not None and "model_fingerprint" not in recorded:  # a run started before it was recorded
+        settings.pop("model_fingerprint")
+    first_run, recorded = recorded is None, settings if recorded is None else recorded
+    changed = sorted(key for key in {*settings, *recorded} if key not in settings or recorded.get(key) != settings[key])
+    if changed:
+        what = ", ".join("the model (its weights or configs)" if key == "model_fingerprint" else key for key in changed)
         raise ValueError(
-            f"{parts} holds batches made with other settings ({settings_file}); use another --output, rerun with "
-            "the settings recorded there, or delete the folder."
+            f"{parts} holds batches made with other settings ({settings_file}; changed: {what}); use another "
+            "--output, rerun with the settings recorded there, or delete the folder."
         )
     if state.is_main_process:
         parts.mkdir(parents=True, exist_ok=True)
         for leftover in parts.glob("*.tmp"):  # from a process killed while writing; never a finished batch
             leftover.unlink()
-        if recorded is None:
+        if first_run:
             write_json_atomically(settings_file, settings)
     state.wait_for_everyone()
 
