@@ -139,6 +139,24 @@ def test_bad_input_raises_before_any_model_call(kwargs, message, repa_tiny_pipel
     assert recorder.calls == []
 
 
+def test_a_scheduler_swapped_in_for_a_non_sit_one_is_refused_before_any_model_call(repa_tiny_sit):
+    """`pipe.scheduler = X.from_config(pipe.scheduler.config)` (diffusers' idiom) skips `__init__`'s check: a
+    diffusers scheduler was an AttributeError ('... has no attribute state_dtype')."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipeline = latent_pipeline(repa_tiny_sit, SiTEulerScheduler())
+    pipeline.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config)
+    recorder = CallRecorder(repa_tiny_sit)
+    try:
+        with pytest.raises(ValueError, match="FlowMatchEulerDiscreteScheduler is not a SiT scheduler"):
+            pipeline([1], num_inference_steps=2, output_type="latent")
+    finally:
+        recorder.remove()
+    assert recorder.calls == []
+    with pytest.raises(ValueError, match="not a SiT scheduler"):
+        REPAPipeline(repa_tiny_sit, FlowMatchEulerDiscreteScheduler())
+
+
 def test_pixel_output_needs_a_vae_or_three_channels(repa_tiny_sit):
     pipeline = latent_pipeline(repa_tiny_sit, SiTEulerScheduler())
     with pytest.raises(ValueError, match="output_type='latent'"):

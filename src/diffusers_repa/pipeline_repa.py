@@ -132,11 +132,7 @@ class REPAPipeline(DiffusionPipeline):
                 f"`transformer` must be a SiTTransformer2DModel, got {type(transformer).__name__}. For a diffusers "
                 "`EMAModel`, copy its weights into a model first: `ema.copy_to(model.parameters())`."
             )
-        if not hasattr(type(scheduler), "guidance_time"):
-            raise ValueError(
-                f"{type(scheduler).__name__} is not a SiT scheduler: use SiTEulerMaruyamaScheduler, SiTEulerScheduler "
-                "or SiTHeunScheduler (they integrate in model time t in [0, 1] and tell the pipeline when to guide)."
-            )
+        _check_sit_scheduler(scheduler)
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         num_classes = transformer.config.num_classes
         if id2label is None and num_classes == 1000 and IMAGENET_LABELS_FILE.is_file():
@@ -273,6 +269,7 @@ class REPAPipeline(DiffusionPipeline):
         attention_kwargs: dict[str, Any] | None = None,
     ) -> None:
         """Raise a `ValueError` for any invalid argument, before any work is done."""
+        _check_sit_scheduler(self.scheduler)  # `pipe.scheduler = X.from_config(...)` bypasses `__init__`'s check
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
         if (
@@ -758,6 +755,16 @@ def _copy_module_flat(source: Path, target: Path, written: dict[str, Path]) -> N
         return f"{prefix}.{dependency.stem}{suffix}"
 
     (target / source.name).write_text(_RELATIVE_IMPORT.sub(flatten, source.read_text()))
+
+
+def _check_sit_scheduler(scheduler: SchedulerMixin) -> None:
+    """Raise a `ValueError` unless `scheduler` is one of the SiT schedulers (the pipeline's loop needs their API)."""
+    if not hasattr(type(scheduler), "guidance_time"):
+        raise ValueError(
+            f"{type(scheduler).__name__} is not a SiT scheduler: use SiTEulerMaruyamaScheduler, SiTEulerScheduler "
+            "or SiTHeunScheduler (they integrate in model time t in [0, 1] and tell the pipeline when to guide), e.g. "
+            "`pipe.scheduler = SiTHeunScheduler.from_config(pipe.scheduler.config)`."
+        )
 
 
 FAST_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
