@@ -137,7 +137,7 @@ class REPAPipeline(DiffusionPipeline):
         num_classes = transformer.config.num_classes
         if id2label is None and num_classes == 1000 and IMAGENET_LABELS_FILE.is_file():
             id2label = load_imagenet_id2label()
-        id2label = {str(int(key)): str(value) for key, value in (id2label or {}).items()}
+        id2label = _check_id2label(id2label or {}, num_classes)
         vae_config = getattr(vae, "config", None)
         if latent_scale is None and vae_config is not None:
             latent_scale = getattr(vae_config, "scaling_factor", None)
@@ -950,6 +950,24 @@ def _per_channel(
     if len(firsts) != len(seconds):
         raise ValueError(f"Per-channel values of different lengths: {first} and {second}.")
     return [function(a, b) for a, b in zip(firsts, seconds, strict=True)]
+
+
+def _check_id2label(id2label: dict, num_classes: int) -> dict[str, str]:
+    """`id2label` with `str` ids; a `ValueError` for ids that are not integers in [0, num_classes)."""
+    checked = {}
+    for key, value in id2label.items():
+        try:
+            index = int(key)
+        except (TypeError, ValueError):
+            index = None
+        if index is None or not 0 <= index < num_classes:
+            raise ValueError(
+                f"`id2label` must map class ids 0..{num_classes - 1} to names, got the key {key!r}: a name looked up "
+                f"there would sample another class (id {num_classes} is the unconditional class); check that the "
+                "ids start at 0 and that the names belong to this model."
+            )
+        checked[str(index)] = str(value)
+    return checked
 
 
 def _public_labels(id2label: dict[str, str], label_index: dict[str, list[int]]) -> dict[str, int]:

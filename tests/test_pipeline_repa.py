@@ -139,6 +139,21 @@ def test_bad_input_raises_before_any_model_call(kwargs, message, repa_tiny_pipel
     assert recorder.calls == []
 
 
+@pytest.mark.parametrize(
+    "id2label, key",
+    [
+        # 1-based ids: "toilet paper" (999) became id 1000, the unconditional class, and sampled without a class.
+        ({str(int(k) + 1): v for k, v in load_imagenet_id2label().items()}, "'1000'"),
+        ({"-1": "x"}, "'-1'"),
+        ({"tench": "0"}, "'tench'"),  # was `invalid literal for int()`
+    ],
+)
+def test_id2label_ids_outside_the_model_classes_are_refused(id2label, key, repa_tiny_sit):
+    with pytest.raises(ValueError, match=f"`id2label` must map class ids 0..999 to names, got the key {key}"):
+        REPAPipeline(repa_tiny_sit, SiTEulerScheduler(), id2label=id2label)
+    assert REPAPipeline(repa_tiny_sit, SiTEulerScheduler(), id2label={5: "b", "7": "c"}).get_label_ids("c") == [7]
+
+
 def test_a_scheduler_swapped_in_for_a_non_sit_one_is_refused_before_any_model_call(repa_tiny_sit):
     """`pipe.scheduler = X.from_config(pipe.scheduler.config)` (diffusers' idiom) skips `__init__`'s check: a
     diffusers scheduler was an AttributeError ('... has no attribute state_dtype')."""
