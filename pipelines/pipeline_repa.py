@@ -226,19 +226,28 @@ class REPAPipeline(DiffusionPipeline):
         if not class_labels:
             raise ValueError("`class_labels` is empty: pass at least one class id or name.")
         num_classes = self.transformer.config.num_classes
+        highest = num_classes if self._has_null_class else num_classes - 1
         ids = []
         for label in class_labels:
             if isinstance(label, str):
                 ids.append(self._name_to_id(label))
             elif isinstance(label, numbers.Integral) and not isinstance(label, bool):  # int, np.int64, ...
-                if not 0 <= label <= num_classes:
-                    raise ValueError(
-                        f"Class id {label} is outside [0, {num_classes}] ({num_classes} is the unconditional class)."
+                if not 0 <= label <= highest:
+                    null = (
+                        f"{num_classes} is the unconditional class"
+                        if self._has_null_class
+                        else "this model, trained without label dropout, has no unconditional class"
                     )
+                    raise ValueError(f"Class id {label} is outside [0, {highest}] ({null}).")
                 ids.append(int(label))
             else:
                 raise ValueError(f"Class labels must be ints or names, got {label!r} ({type(label).__name__}).")
         return ids
+
+    @property
+    def _has_null_class(self) -> bool:
+        """Whether the transformer has the unconditional class `num_classes` (trained with label dropout > 0)."""
+        return getattr(self.transformer.config, "class_dropout_prob", 0.1) > 0
 
     def _name_to_id(self, name: str) -> int:
         key = " ".join(name.lower().split())
@@ -280,6 +289,11 @@ class REPAPipeline(DiffusionPipeline):
         ):
             raise ValueError(
                 f"`guidance_scale` must be a finite number >= 0 (1 disables guidance), got {guidance_scale!r}."
+            )
+        if guidance_scale > 1 and not self._has_null_class:
+            raise ValueError(
+                f"`guidance_scale={guidance_scale}` needs the unconditional class, which this model lacks: it was "
+                "trained without label dropout (`class_dropout_prob=0`). Pass `guidance_scale=1` (no guidance)."
             )
         if (
             not isinstance(guidance_interval, Sequence)

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffusers_repa.convert import main as convert_main
+from diffusers_repa.models import SiTTransformer2DModel
 from diffusers_repa.pipeline_repa import REPAPipeline, load_imagenet_id2label
 from diffusers_repa.schedulers import SiTEulerMaruyamaScheduler, SiTEulerScheduler, SiTHeunScheduler
 from tests.conftest import OFFICIAL_FIXTURES
@@ -152,6 +153,26 @@ def test_id2label_ids_outside_the_model_classes_are_refused(id2label, key, repa_
     with pytest.raises(ValueError, match=f"`id2label` must map class ids 0..999 to names, got the key {key}"):
         REPAPipeline(repa_tiny_sit, SiTEulerScheduler(), id2label=id2label)
     assert REPAPipeline(repa_tiny_sit, SiTEulerScheduler(), id2label={5: "b", "7": "c"}).get_label_ids("c") == [7]
+
+
+def test_a_model_without_the_null_class_refuses_guidance_and_the_null_id_before_any_model_call():
+    """A model trained with class_dropout_prob=0 has no row for id num_classes: the default guidance (1.8) and the
+    id num_classes were errors from the model after a model call (on CUDA, an out-of-range embedding index)."""
+    transformer = SiTTransformer2DModel.from_preset(
+        "SiT-S/2", sample_size=4, in_channels=3, num_classes=10, class_dropout_prob=0.0, num_layers=1, alignment_depth=1
+    ).eval()
+    assert transformer.class_embedder.embedding_table.num_embeddings == 10
+    pipeline = latent_pipeline(transformer, SiTEulerScheduler())
+    recorder = CallRecorder(transformer)
+    try:
+        with pytest.raises(ValueError, match="needs the unconditional class, which this model lacks"):
+            pipeline([3], num_inference_steps=2, output_type="latent")
+        with pytest.raises(ValueError, match=r"Class id 10 is outside \[0, 9\] \(this model, trained without"):
+            pipeline([10], num_inference_steps=2, guidance_scale=1.0, output_type="latent")
+    finally:
+        recorder.remove()
+    assert recorder.calls == []
+    assert pipeline([9], num_inference_steps=2, guidance_scale=1.0, output_type="latent").images.shape == (1, 3, 4, 4)
 
 
 def test_a_scheduler_swapped_in_for_a_non_sit_one_is_refused_before_any_model_call(repa_tiny_sit):

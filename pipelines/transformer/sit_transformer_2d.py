@@ -390,10 +390,12 @@ class SiTTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, Attenti
             max_label = self.class_embedder.embedding_table.num_embeddings - 1
             low, high = (int(value) for value in torch.aminmax(class_labels))
             if low < 0 or high > max_label:
-                raise ValueError(
-                    f"`class_labels` must be in [0, {max_label}] ({self.config.num_classes} is the null class), got "
-                    f"values in [{low}, {high}]."
+                null = (
+                    f"{self.config.num_classes} is the null class"
+                    if max_label == self.config.num_classes
+                    else "no null class: trained with class_dropout_prob=0"
                 )
+                raise ValueError(f"`class_labels` must be in [0, {max_label}] ({null}), got values in [{low}, {high}].")
         if timestep.device.type == "cpu" and timestep.numel():
             times = timestep if timestep.is_floating_point() else timestep.double()
             low, high = (float(value) for value in torch.aminmax(times))
