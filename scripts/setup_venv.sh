@@ -5,7 +5,7 @@
 #
 # torch is pinned here, not in setup.cfg (which keeps a range): on these machines `torch==2.14.1` and
 # `torchvision==0.29.1` are a matching pair served from local disk. torchvision is needed by timm (the demo's
-# EfficientNet-Lite0 alignment encoder); PyPI's torchvision does not import beside the local torch 2.13.0 build.
+# EfficientNet-Lite0 alignment encoder); PyPI's torchvision does not import beside every local torch build, so the pair is pinned together.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO_ROOT/.venv"

@@ -21,7 +21,7 @@ The crops are stored as uncompressed PNGs by default (`--png_compress_level 0`),
 them, because decoding them is most of the training loader's work: on one CPU core a 256 px crop decodes at about
 900 images/s uncompressed and about 500/s at any level 1-9 (`benchmarks/RESULTS.md`, "Data path"), so a training step
 at 528 images/s needs one loader core per GPU instead of two. The price is disk: ImageNet's 1.28M crops take about
-235 GiB uncompressed against about 125-155 GiB at levels 1-9 (124-134 GiB on photo crops; plus about 39 GiB of
+235 GiB uncompressed against about 124-153 GiB at levels 1-9 (124-134 GiB on photo crops; plus about 39 GiB of
 posterior moments either way). Pass a level of 1 (nearly all of the size gain at the fastest compressed encode) when
 disk or network bandwidth, not CPU cores, is what is short. PNG is lossless, so every level decodes to the same
 pixels, and a resumed run may use another level than the shards already written (each shard's level is recorded in
@@ -95,7 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--streaming", action="store_true", help="Read the source as it goes instead of downloading it.")
     data.add_argument("--cache_dir", default=None, help="`datasets` / Hub cache folder.")
     data.add_argument("--max_samples", type=int, default=None, help="Only encode the first N images.")
-    data.add_argument("--resolution", type=int, default=256, help="Side of the ADM center crop (256 or 512).")
+    data.add_argument(
+        "--resolution",
+        type=int,
+        default=256,
+        help="Side of the ADM center crop (256 or 512 for ImageNet; 32 in the demo).",
+    )
 
     models = parser.add_argument_group("models")
     models.add_argument(
@@ -129,7 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_PNG_COMPRESS_LEVEL,
         help="zlib level (0-9) of the stored PNG crops. Default 0 (uncompressed, as the official data): the training "
         "loader decodes them about 1.8x faster (about 900 vs 500 crops/s per core at 256 px), at about 235 GiB for "
-        "ImageNet's 1.28M crops instead of about 125-155 GiB at 1-9. Use 1 when disk or network, not CPU, is short. "
+        "ImageNet's 1.28M crops instead of about 124-153 GiB at 1-9. Use 1 when disk or network, not CPU, is short. "
         "Lossless at every level.",
     )
     output.add_argument("--push_to_hub", action="store_true", help="Upload the finished dataset to the Hub.")

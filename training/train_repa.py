@@ -196,7 +196,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--label_column", default="label")
     data.add_argument("--dataset_split", default="train")
     data.add_argument("--cache_dir", default=None, help="`datasets` / Hub cache folder.")
-    data.add_argument("--resolution", type=int, default=256, help="Image side (ADM center crop): 256 or 512.")
+    data.add_argument(
+        "--resolution",
+        type=int,
+        default=256,
+        help="Image side (ADM center crop): 256 or 512 for ImageNet, 32 in the demo.",
+    )
     data.add_argument("--dataloader_num_workers", "--num_workers", type=int, default=4)
     data.add_argument(
         "--vae",
