@@ -279,7 +279,11 @@ class REPAPipeline(DiffusionPipeline):
     ) -> None:
         """Raise a `ValueError` for any invalid argument, before any work is done."""
         _check_sit_scheduler(self.scheduler)  # `pipe.scheduler = X.from_config(...)` bypasses `__init__`'s check
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, numbers.Integral)  # NumPy integers too, as `set_timesteps`
+            or num_inference_steps < 1
+        ):
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
         if (
             not isinstance(guidance_scale, numbers.Real)
@@ -298,7 +302,7 @@ class REPAPipeline(DiffusionPipeline):
         if (
             not isinstance(guidance_interval, Sequence)
             or len(guidance_interval) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in guidance_interval)
+            or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in guidance_interval)
             or not 0 <= guidance_interval[0] <= guidance_interval[1] <= 1
         ):
             raise ValueError(

@@ -360,3 +360,14 @@ def test_cuda_matches_cpu_generator_and_offload(repa_tiny_pipeline_dir):
     pipe.to("cpu")
     pipe.enable_model_cpu_offload()
     torch.testing.assert_close(pipe(**call, generator=torch.manual_seed(0)).images.cpu(), cpu, atol=1e-4, rtol=1e-4)
+
+
+def test_numpy_numbers_are_numbers(repa_tiny_sit):
+    """`num_inference_steps=np.int64(2)` (accepted by `set_timesteps`) and NumPy floats in `guidance_interval` were
+    refused."""
+    pipeline = latent_pipeline(repa_tiny_sit, SiTEulerScheduler())
+    call = {"class_labels": [3], "guidance_scale": 2.0, "latents": torch.zeros(1, 4, 8, 8), "output_type": "latent"}
+    torch.testing.assert_close(
+        pipeline(**call, num_inference_steps=np.int64(2), guidance_interval=(np.float32(0), np.float64(1))).images,
+        pipeline(**call, num_inference_steps=2, guidance_interval=(0.0, 1.0)).images,
+    )

@@ -184,6 +184,11 @@ def test_errors(cls):
     scheduler.set_timesteps(1)
     with pytest.raises(ValueError, match="not in the schedule"):
         scheduler.step(x, 0.3, x)
+    # A guided (doubled) output, or one sample for a batch, was broadcast into a wrong-sized or mixed result.
+    for output, sample in ((torch.cat([x, x]), x), (x, torch.cat([x, x]))):
+        with pytest.raises(ValueError, match="must have the same shape"):
+            scheduler.step(output, 1.0, sample)
+    assert scheduler.step_index is None  # nothing was taken
     scheduler.step(x, 1.0, x)
     with pytest.raises(ValueError, match="steps were taken"):
         scheduler.step(x, 1.0, x)

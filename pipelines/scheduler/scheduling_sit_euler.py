@@ -73,7 +73,7 @@ class SiTEulerScheduler(SiTSchedulerMixin):
         Returns:
             [`SchedulerOutput`] whose `prev_sample` is the state at the next time, in `state_dtype`.
         """
-        index = self._begin_step(timestep)
+        index = self._begin_step(timestep, model_output, sample)
         dt = self._grid[index + 1] - self._grid[index]
         prev_sample = sample.to(self.state_dtype) + dt * model_output.to(self.state_dtype)
         self._step_index += 1

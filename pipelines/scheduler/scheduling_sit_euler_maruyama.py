@@ -109,7 +109,7 @@ class SiTEulerMaruyamaScheduler(SiTSchedulerMixin):
             if variance_noise is not None:
                 raise ValueError("Pass the step's noise once, as `variance_noise=` (`noise=` is its old name).")
             variance_noise = legacy_noise
-        index = self._begin_step(timestep)
+        index = self._begin_step(timestep, model_output, sample)
         noisy = index < self.num_inference_steps - 1
         t = self._grid[index]
         dt = self._grid[index + 1] - t

@@ -84,7 +84,7 @@ class SiTHeunScheduler(SiTSchedulerMixin):
             [`SchedulerOutput`] whose `prev_sample` (in `state_dtype`) is the input of the next model call, or the
             final sample after the last call.
         """
-        index = self._begin_step(timestep)
+        index = self._begin_step(timestep, model_output, sample)
         step = index // 2
         dt = self._grid[step + 1] - self._grid[step]
         velocity = model_output.to(self.state_dtype)

@@ -166,8 +166,13 @@ class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
     def _output(prev_sample: torch.Tensor, return_dict: bool) -> SchedulerOutput | tuple[torch.Tensor]:
         return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
 
-    def _begin_step(self, timestep: float | torch.Tensor) -> int:
+    def _begin_step(self, timestep: float | torch.Tensor, model_output: torch.Tensor, sample: torch.Tensor) -> int:
         """The index of this call (initialised from `timestep` or `begin_index` on the first call)."""
+        if model_output.shape != sample.shape:  # broadcasting would silently give a wrong-sized or mixed batch
+            raise ValueError(
+                f"`model_output` {tuple(model_output.shape)} and `sample` {tuple(sample.shape)} must have the same "
+                "shape (with classifier-free guidance, combine the cond/uncond halves before `step`)."
+            )
         if self.timesteps is None:
             raise ValueError("Call `set_timesteps` before `step`.")
         if self._step_index is None:
