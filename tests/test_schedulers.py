@@ -256,3 +256,17 @@ def test_sde_generator_draws_the_same_noise_as_randn_tensor():
     out = drawn.step(-x, 1.0, x, generator=generators).prev_sample
     noise = randn_tensor(x.shape, generator=[torch.Generator().manual_seed(s) for s in (7, 8)], dtype=x.dtype)
     assert torch.equal(out, given.step(-x, 1.0, x, variance_noise=noise).prev_sample)
+
+
+def test_sit_schedulers_are_compatibles_and_swap_without_losing_or_warning_about_settings(caplog):
+    """diffusers' `compatibles` listed nothing (it looks names up in `diffusers` only), so `from_config` between SiT
+    schedulers warned that the SDE's `t_last` "will be ignored" (the sample CLI printed it at every heun/euler run);
+    a swap SDE -> Heun -> SDE keeps it."""
+    assert SiTHeunScheduler().compatibles == [SiTEulerMaruyamaScheduler, SiTEulerScheduler, SiTHeunScheduler]
+    sde = SiTEulerMaruyamaScheduler(path_type="cosine", t_last=0.05)
+    with caplog.at_level("WARNING"):
+        heun = SiTHeunScheduler.from_config(sde.config)
+        back = SiTEulerMaruyamaScheduler.from_config(heun.config)
+    assert "will be ignored" not in caplog.text
+    assert heun.config.path_type == "cosine"
+    assert (back.config.path_type, back.config.t_last) == ("cosine", 0.05)

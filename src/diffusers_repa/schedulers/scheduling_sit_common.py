@@ -38,10 +38,24 @@ class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
     implements `step`.
     """
 
-    _compatibles = []
+    # Swappable with `from_config` (diffusers' `compatibles`); their config keys (e.g. the SDE's `t_last`) are dropped
+    # without the "config attributes ... will be ignored" warning when one is built from another's config.
+    _compatibles = ["SiTEulerMaruyamaScheduler", "SiTEulerScheduler", "SiTHeunScheduler"]
     order = 1
     # Flow matching starts from unit-variance noise and feeds the model x_t unscaled.
     init_noise_sigma = 1.0
+
+    @classmethod
+    def _get_compatibles(cls) -> list[type["SiTSchedulerMixin"]]:
+        # diffusers looks the names of `_compatibles` up in the `diffusers` package only; these classes live here.
+        names = {cls.__name__, *cls._compatibles}
+        found, pending = [], list(SiTSchedulerMixin.__subclasses__())
+        while pending:
+            subclass = pending.pop()
+            pending.extend(subclass.__subclasses__())
+            if subclass.__name__ in names and subclass not in found:
+                found.append(subclass)
+        return sorted(found, key=lambda subclass: subclass.__name__)
 
     def _init_common(self, path_type: str, state_dtype: str) -> None:
         check_path_type(path_type)
