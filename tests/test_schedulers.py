@@ -175,7 +175,7 @@ def test_errors(cls):
             scheduler.set_timesteps(steps)
     scheduler.set_timesteps(np.int64(3))  # NumPy integers are integers
     assert scheduler.num_inference_steps == 3
-    for grid in ([0.5, 0.8], [1.5, 0.5], [1.0, 0.0], []):
+    for grid in ([0.5, 0.8], [1.5, 0.5], [1.0, 0.0], [], [1.0, float("nan")], [float("nan")]):  # NaN was accepted
         for name in ("sigmas", "timesteps"):
             with pytest.raises(ValueError, match=name):
                 scheduler.set_timesteps(**{name: grid})

@@ -157,7 +157,13 @@ class SiTSchedulerMixin(SchedulerMixin, ConfigMixin):
             values = torch.as_tensor(custom, dtype=torch.float64).flatten()
             if num_inference_steps is not None and len(values) != num_inference_steps:
                 raise ValueError(f"Got {len(values)} `{name}` for {num_inference_steps} steps.")
-            if len(values) < 1 or values.max() > 1 or values.min() <= 0 or (values.diff() >= 0).any():
+            if (
+                len(values) < 1
+                or not torch.isfinite(values).all()  # NaN passes every comparison below
+                or values.max() > 1
+                or values.min() <= 0
+                or (values.diff() >= 0).any()
+            ):
                 raise ValueError(f"`{name}` must be a non-empty, strictly decreasing sequence in (0, 1], got {values}.")
             times = _time_from_sigma(self.config.path_type, values) if name == "sigmas" else values
             grid = torch.cat([times, times.new_zeros(1)])
