@@ -88,6 +88,20 @@ def test_heads_come_from_args_model_name(official):
     assert transformer.config.num_attention_heads == 6 and transformer.config.attention_head_dim == 16
 
 
+def test_overrides_that_contradict_the_training_args_are_refused(official):
+    """Heads are not in the weights' shapes: 12 heads over SiT-S/2's weights converted without complaint into another
+    model; an alignment depth other than the run's --encoder-depth moved the projector's layer."""
+    sd, _ = official
+    checkpoint = training_checkpoint(sd)
+    checkpoint["args"].model = "SiT-S/2"  # 6 heads; encoder_depth 3
+    with pytest.raises(CheckpointError, match=r"`num_attention_heads=12` contradicts .*num_attention_heads 6"):
+        convert_official_state_dict(checkpoint, num_attention_heads=12)
+    with pytest.raises(CheckpointError, match=r"`alignment_depth=2` contradicts .*--encoder-depth"):
+        convert_official_state_dict(checkpoint, alignment_depth=2)
+    transformer, _ = convert_official_state_dict(checkpoint, num_attention_heads=6, alignment_depth=3)  # agreeing
+    assert (transformer.config.num_attention_heads, transformer.config.alignment_depth) == (6, 3)
+
+
 def test_sit_xl_2_manifest_converts_completely_on_meta():
     manifest = json.loads((FIXTURES / "sit_xl_2_manifest.json").read_text())
     sd = {entry["key"]: torch.empty(entry["shape"], device="meta") for entry in manifest["keys"]}

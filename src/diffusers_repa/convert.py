@@ -175,8 +175,20 @@ def _infer_config(state_dict: Mapping[str, torch.Tensor], args: Any, overrides: 
         value = overrides.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise CheckpointError(f"`{name}` must be an integer >= 1, got {value!r}.")
-    heads = overrides.pop("num_attention_heads", None)
+    # The run's own `args` are the truth for what the shapes cannot tell: a different override would silently build
+    # another model (e.g. other attention heads over the same weights).
     model_name = _namespace_get(args, "model")
+    recorded = {
+        "num_attention_heads": SIT_PRESETS[model_name][2] if model_name in SIT_PRESETS else None,
+        "alignment_depth": _namespace_get(args, "encoder_depth"),
+    }
+    for name, value in recorded.items():
+        if value is not None and overrides.get(name) is not None and overrides[name] != value:
+            raise CheckpointError(
+                f"`{name}={overrides[name]}` contradicts the checkpoint's training args ({name} {value}, from "
+                f"{'--model ' + str(model_name) if name == 'num_attention_heads' else '--encoder-depth'}): drop it."
+            )
+    heads = overrides.pop("num_attention_heads", None)
     if heads is None and model_name in SIT_PRESETS:
         heads = SIT_PRESETS[model_name][2]
     if heads is None:  # no args: the preset with this depth and width
