@@ -287,6 +287,7 @@ def test_resolution_the_encoder_cannot_use_fails_before_the_first_step(workspace
         (["--overwrite_output_dir", "--resume_from_checkpoint", "latest"], "cannot be combined"),
         (["--lr_warmup_steps", "10"], "--lr_warmup_steps needs a schedule with warm-up"),  # was no warm-up
         (["--lr_scheduler", "cosinus"], "argument --lr_scheduler: invalid choice"),  # was a traceback after set-up
+        (["--cfg_prob", "0"], "--cfg_prob 0 trains no null class"),  # the default guidance 4.0 failed mid-run
     ],
 )
 def test_bad_option_values_are_refused_at_parse_time(flags, message, capsys):

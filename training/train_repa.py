@@ -354,6 +354,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--fid_steps needs --fid_reference (an ADM reference .npz, or a dataset to build one from).")
     if args.cknna_steps and args.proj_coeff == 0:
         parser.error("--cknna_steps measures the alignment with the --encoder's features: it needs --proj_coeff > 0.")
+    guided = [name for name in ("validation_guidance_scale", "fid_guidance_scale") if getattr(args, name) > 1]
+    guided = [name for name in guided if name != "fid_guidance_scale" or args.fid_steps]
+    if args.cfg_prob == 0 and guided:  # no null class to guide with: it failed at the first validation
+        parser.error(
+            f"--cfg_prob 0 trains no null class, which classifier-free guidance needs ({', '.join(guided)} > 1): "
+            "pass --cfg_prob > 0, or 1 for the guidance scale(s)."
+        )
     return args
 
 
