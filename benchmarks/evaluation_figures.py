@@ -18,7 +18,7 @@ convention (`compute_activations(..., resize="tf1")` and `resize="torch"`), and 
 
 ```bash
 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/evaluation_figures.py \
-    --pipeline outputs/demo/sit-repa   # about 10 minutes on one core
+    --pipeline outputs/demo/sit-repa   # about 11 minutes on one shared core (2026-12-01)
 ```
 Prints a Markdown table and one `JSON {...}` line.
 """
