@@ -7,6 +7,7 @@ driven by hand, as a diffusers sampling loop would.
 import numpy as np
 import pytest
 import torch
+from diffusers.utils import logging as diffusers_logging
 
 from diffusers_repa.schedulers import SiTEulerMaruyamaScheduler, SiTEulerScheduler, SiTHeunScheduler
 
@@ -264,9 +265,13 @@ def test_sit_schedulers_are_compatibles_and_swap_without_losing_or_warning_about
     a swap SDE -> Heun -> SDE keeps it."""
     assert SiTHeunScheduler().compatibles == [SiTEulerMaruyamaScheduler, SiTEulerScheduler, SiTHeunScheduler]
     sde = SiTEulerMaruyamaScheduler(path_type="cosine", t_last=0.05)
-    with caplog.at_level("WARNING"):
-        heun = SiTHeunScheduler.from_config(sde.config)
-        back = SiTEulerMaruyamaScheduler.from_config(heun.config)
+    diffusers_logging.enable_propagation()  # diffusers' loggers do not reach pytest's `caplog` otherwise
+    try:
+        with caplog.at_level("WARNING"):
+            heun = SiTHeunScheduler.from_config(sde.config)
+            back = SiTEulerMaruyamaScheduler.from_config(heun.config)
+    finally:
+        diffusers_logging.disable_propagation()
     assert "will be ignored" not in caplog.text
     assert heun.config.path_type == "cosine"
     assert (back.config.path_type, back.config.t_last) == ("cosine", 0.05)
