@@ -44,6 +44,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import threading
 import time
 import zipfile
@@ -71,6 +72,11 @@ if TYPE_CHECKING:
     from .alignment import AlignmentEncoder
     from .data import SkippedImages
     from .evaluation.monitor import CKNNAProbe, FIDMonitor
+
+try:
+    import fcntl  # POSIX only: elsewhere `OutputDirLock` locks nothing
+except ImportError:
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -438,12 +444,8 @@ class OutputDirLock:
         on_main_process(accelerator, lambda: self._lock(Path(output_dir)))
 
     def _lock(self, output_dir: Path) -> None:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX
+        if fcntl is None:  # not POSIX
             return
-        import socket
-
         output_dir.mkdir(parents=True, exist_ok=True)
         file = open(output_dir / RUN_LOCK, "a+", encoding="utf-8")
         try:
@@ -467,9 +469,8 @@ class OutputDirLock:
         self._file = file
 
     def release(self) -> None:
+        """Unlock the output folder (a no-op when nothing was locked)."""
         if self._file is not None:
-            import fcntl
-
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
