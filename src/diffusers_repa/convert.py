@@ -31,9 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.models import AutoencoderKL
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
 from .models import SIT_PRESETS, REPAProjector, SiTTransformer2DModel
+from .pipeline_repa import REPAPipeline
+from .schedulers import SiTEulerMaruyamaScheduler
 from .utils import atomic_write
 
 # Keys a training checkpoint of the official train.py holds; `opt` and `steps` are not model weights.
@@ -509,10 +512,8 @@ def _check_flag_combination(args: argparse.Namespace) -> None:
         )
 
 
-def _load_vae(name_or_path: str) -> Any:
+def _load_vae(name_or_path: str) -> AutoencoderKL:
     """The `AutoencoderKL` of `--vae` (a folder or Hub repo id); one sentence when it cannot be loaded."""
-    from diffusers import AutoencoderKL
-
     try:
         return AutoencoderKL.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
@@ -552,9 +553,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pipeline = None
     if vae is not None:
-        from .pipeline_repa import REPAPipeline
-        from .schedulers import SiTEulerMaruyamaScheduler
-
         pipeline = REPAPipeline(transformer, SiTEulerMaruyamaScheduler(), vae=vae)
 
     def write(folder: Path) -> None:
