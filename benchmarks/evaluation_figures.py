@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import environment, print_json, print_table
+from bench_common import environment, print_json, print_table, relative_l2
 
 from diffusers_repa import REPAPipeline, SiTEulerScheduler
 from diffusers_repa.evaluation import (
@@ -40,11 +40,13 @@ from diffusers_repa.evaluation import (
     load_reference_images,
     precision_recall,
 )
+from diffusers_repa.evaluation.inception import RESIZE_MODES
 from diffusers_repa.evaluation.monitor import FIDMonitor
 
 DATA = Path(__file__).resolve().parent.parent / "training" / "data" / "fashion-mnist"
 RESOLUTION = 32
-RESIZES = ("tf1", "torch")
+# Images per Inception forward pass and per sampling batch (the FID monitor's default).
+BATCH_SIZE = 64
 DISTANCE_DTYPES = ("float16", "float32", "float64")
 
 
@@ -65,7 +67,9 @@ def sampling_seconds_per_image(pipeline_dir: str, num_samples: int, steps: int) 
     pipeline = REPAPipeline.from_pretrained(pipeline_dir)
     pipeline.scheduler = SiTEulerScheduler(path_type=pipeline.scheduler.config.path_type)
     num_classes = pipeline.transformer.config.num_classes
-    monitor = FIDMonitor(None, None, num_samples=num_samples, num_classes=num_classes, num_inference_steps=steps)
+    monitor = FIDMonitor(
+        None, None, num_samples=num_samples, num_classes=num_classes, num_inference_steps=steps, batch_size=BATCH_SIZE
+    )
     _, seconds = timed(monitor.sample, pipeline)
     return seconds / num_samples
 
@@ -92,22 +96,21 @@ def main() -> None:
         for split in ("train", "test")
     }
     pool, spatial, inception_seconds = {}, {}, None
-    for resize in RESIZES:
+    for resize in RESIZE_MODES:
         for split in ("train", "test"):
-            acts, seconds = timed(compute_activations, images[split], network, 64, resize=resize)
+            acts, seconds = timed(compute_activations, images[split], network, BATCH_SIZE, resize=resize)
             if resize == "tf1" and split == "train":
                 inception_seconds = seconds / len(images[split])
             pool[resize, split], spatial[resize, split] = acts.pool, acts.spatial
 
     results = {
-        "pool_relative_l2_tf1_vs_torch": float(
-            np.linalg.norm(pool["torch", "train"].astype(np.float64) - pool["tf1", "train"])
-            / np.linalg.norm(pool["tf1", "train"].astype(np.float64))
+        "pool_relative_l2_tf1_vs_torch": relative_l2(
+            torch.from_numpy(pool["torch", "train"]), torch.from_numpy(pool["tf1", "train"])
         ),
         "fid_same_images_tf1_vs_torch": fid_of(pool["tf1", "train"], pool["torch", "train"]),
     }
     sqrtm_seconds = None
-    for resize in RESIZES:
+    for resize in RESIZE_MODES:
         fid, seconds = timed(fid_of, pool[resize, "train"], pool[resize, "test"])
         if resize == "tf1":
             sqrtm_seconds = seconds
@@ -130,7 +133,7 @@ def main() -> None:
         ["pool features, relative L2 tf1 vs torch", results["pool_relative_l2_tf1_vs_torch"], f"{n} train images"],
         ["FID, same images tf1 vs torch", results["fid_same_images_tf1_vs_torch"], f"{n} train images"],
     ]
-    for resize in RESIZES:
+    for resize in RESIZE_MODES:
         rows.append([f"FID train vs test ({resize})", results[f"fid_train_vs_test_{resize}"], setting])
         rows.append([f"sFID train vs test ({resize})", results[f"sfid_train_vs_test_{resize}"], setting])
     for dtype in DISTANCE_DTYPES:
@@ -138,7 +141,7 @@ def main() -> None:
         rows.append([f"precision / recall, {dtype} distances", value, f"{setting}, tf1, test = reference"])
     rows += [
         ["FID change, features x (1 + 1e-4 z)", results["fid_change_relative_1e-4_perturbation"], f"{setting}, tf1"],
-        ["Inception, CPU s per image", inception_seconds, f"batch 64, {args.threads} thread(s)"],
+        ["Inception, CPU s per image", inception_seconds, f"batch {BATCH_SIZE}, {args.threads} thread(s)"],
         ["one 2048-d Fréchet distance (sqrtm), CPU s", sqrtm_seconds, f"{args.threads} thread(s)"],
     ]
     if args.pipeline is not None:
@@ -146,7 +149,7 @@ def main() -> None:
             [
                 "sampling, CPU s per image",
                 results["sampling_seconds_per_image"],
-                f"{args.pipeline}, {args.steps} Euler steps, batch 64, {args.num_samples} samples",
+                f"{args.pipeline}, {args.steps} Euler steps, batch {BATCH_SIZE}, {args.num_samples} samples",
             ]
         )
     print_table(["figure", "value", "setting"], rows)
