@@ -90,6 +90,8 @@ def kernel_table(args, device: torch.device, dtype: torch.dtype) -> tuple[list[l
                 results[key] = {"error": value}
                 rows.append([key, "-", "-", "-", value])
                 continue
+            # Q K^T and P V: 2 matmuls of 2 * tokens^2 * dim FLOPs per head; the backward counts 2.5x the forward
+            # (FlashAttention's benchmark convention), so forward + backward is 3.5x.
             flops = 4 * batch * heads * tokens * tokens * dim * (3.5 if backward else 1.0)
             base = times.get((kernel, head_dims[0]))
             ratio = value / base if isinstance(base, float) else None
@@ -118,7 +120,8 @@ def block_table(args, device: torch.device) -> tuple[list[list], dict]:
     train_x = torch.randn(train_batch, 4, size, size, generator=generator).to(device)
     sample_x = torch.randn(sample_batch, 4, size, size, generator=generator).to(device, sample_model.dtype)
     t_train, t_sample = torch.rand(train_batch).to(device), torch.rand(sample_batch).to(device, sample_model.dtype)
-    y_train, y_sample = (torch.randint(0, 1000, (b,)).to(device) for b in (train_batch, sample_batch))
+    num_classes = model.config.num_classes
+    y_train, y_sample = (torch.randint(0, num_classes, (b,)).to(device) for b in (train_batch, sample_batch))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def train_step() -> None:
