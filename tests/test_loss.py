@@ -181,3 +181,50 @@ def test_invalid_arguments_raise_clear_errors(siloss, models):
         REPALoss()(transformer, projector, images, labels, targets, timesteps=torch.full((4,), 999.0))
     with pytest.raises(ValueError, match="`noise` must have the shape"):
         REPALoss()(transformer, projector, images, labels, targets, noise=torch.randn(4, 4, 4, 4))
+
+
+def test_targets_are_constants_no_gradient_reaches_the_encoder(siloss, models):
+    """Official targets are computed under no_grad; features that still carry a graph (an encoder left trainable)
+    must not be trained through the alignment loss."""
+    transformer, projector, images, labels, targets = _inputs("linear_uniform", siloss, models)
+    encoder = torch.nn.Linear(24, 24)
+    features = [encoder(targets[0])]
+    assert features[0].requires_grad
+    output = REPALoss()(transformer, projector, images, labels, features, generator=torch.manual_seed(0))
+    output.loss.backward()
+    assert encoder.weight.grad is None and encoder.bias.grad is None
+    assert projector.projectors[0][0].weight.grad.abs().sum() > 0  # the SiT side still learns
+    transformer.zero_grad(), projector.zero_grad()
+
+
+def test_bad_coefficient_time_and_noise_are_refused_or_adapted(siloss, models):
+    transformer, projector, images, labels, targets = _inputs("linear_uniform", siloss, models)
+    for coeff in (math.inf, math.nan):  # inf gave an infinite loss
+        with pytest.raises(ValueError, match="`proj_coeff` must be >= 0 and finite"):
+            REPALoss(proj_coeff=coeff)
+        with pytest.raises(ValueError, match="`proj_coeff` must be >= 0 and finite"):
+            REPALoss()(transformer, projector, images, labels, targets, proj_coeff=coeff)
+    nan_time = torch.tensor([0.5, math.nan, 0.1, 0.2])  # passed the [0, 1] check before
+    with pytest.raises(ValueError, match=r"`timesteps` are flow times and must lie in \[0, 1\]"):
+        REPALoss()(transformer, projector, images, labels, targets, timesteps=nan_time)
+    fixed = {"timesteps": siloss["linear_uniform.time_input"].flatten(), "noise": siloss["linear_uniform.noises"]}
+    expected = REPALoss()(transformer, projector, images, labels, targets, **fixed)
+    # float64 noise (and a list of times) gave a dtype error deep in the patch embedding.
+    output = REPALoss()(
+        transformer,
+        projector,
+        images,
+        labels,
+        targets,
+        timesteps=fixed["timesteps"].tolist(),
+        noise=fixed["noise"].double(),
+    )
+    torch.testing.assert_close(output.loss, expected.loss, atol=1e-6, rtol=0)
+
+
+def test_loss_docstring_example_runs():
+    import doctest
+
+    import diffusers_repa.alignment.loss as module
+
+    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0

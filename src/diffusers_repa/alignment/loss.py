@@ -1,6 +1,7 @@
 # Copyright 2026 The diffusers-repa authors. Licensed under the Apache License, Version 2.0.
 """REPA's training loss: v-prediction flow matching plus representation alignment (official `loss.py` `SILoss`)."""
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,7 +41,8 @@ def projection_loss(target_features: Sequence[torch.Tensor], projected_states: S
     REPA's alignment loss: -mean over encoders, samples and tokens of cos(target, projected).
 
     Both sides are L2-normalised over the feature dimension in float32 (`F.normalize`, eps 1e-12); half precision
-    overflows here (REPA issue #46).
+    overflows here (REPA issue #46). The targets are constants, as the official ones (computed under `no_grad`): they
+    are detached, so no gradient reaches the encoder that produced them.
 
     Args:
         target_features (`list[torch.Tensor]`): One `(batch_size, num_tokens, z_dim)` tensor per encoder.
@@ -50,7 +52,7 @@ def projection_loss(target_features: Sequence[torch.Tensor], projected_states: S
         `torch.Tensor`: float32 scalar in [-1, 1].
     """
     similarities = [
-        (F.normalize(target.float(), dim=-1) * F.normalize(projected.float(), dim=-1)).sum(dim=-1).mean()
+        (F.normalize(target.detach().float(), dim=-1) * F.normalize(projected.float(), dim=-1)).sum(dim=-1).mean()
         for target, projected in zip(target_features, projected_states)
     ]
     return -torch.stack(similarities).mean()
@@ -94,6 +96,7 @@ class REPALoss:
     >>> target_features = [torch.randn(2, 4, 32)]  # e.g. AlignmentEncoder(images), one tensor per encoder
     >>> output = loss_fn(transformer, projector, latents, labels, target_features, generator=torch.manual_seed(0))
     >>> output.loss.backward()
+
     ```
     """
 
@@ -155,7 +158,8 @@ class REPALoss:
                 SiT's token count. Ignored (may be `None`) when `proj_coeff=0`.
             timesteps (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, 1, 1, 1)`, *optional*): Flow times in
                 [0, 1] to use instead of drawing them.
-            noise (`torch.Tensor` shaped like `latents`, *optional*): The noise eps to use instead of drawing it.
+            noise (`torch.Tensor` shaped like `latents`, *optional*): The noise eps to use instead of drawing it
+                (moved to the latents' device and dtype).
             generator (`torch.Generator`, *optional*): Generator for the time and noise draws.
             proj_coeff (`float`, *optional*): Overrides the constructor's coefficient for this call (a coefficient
                 schedule, or stopping the alignment). With 0 the projector is not run at all, and no gradient
@@ -184,6 +188,8 @@ class REPALoss:
             raise ValueError(
                 f"`noise` must have the shape of `latents` {tuple(latents.shape)}, got {tuple(noise.shape)}."
             )
+        else:
+            noise = noise.to(device=latents.device, dtype=latents.dtype)
 
         alpha_t, sigma_t, d_alpha_t, d_sigma_t = path_coefficients(self.path_type, time_input)
         model_input = alpha_t * latents + sigma_t * noise
@@ -208,16 +214,17 @@ class REPALoss:
 
 
 def _check_proj_coeff(proj_coeff: float) -> None:
-    if not proj_coeff >= 0:
-        raise ValueError(f"`proj_coeff` must be >= 0 (0 turns the alignment term off), got {proj_coeff}.")
+    if not 0 <= proj_coeff < math.inf:  # NaN fails both comparisons
+        raise ValueError(f"`proj_coeff` must be >= 0 and finite (0 turns the alignment term off), got {proj_coeff}.")
 
 
 def _check_timesteps(timesteps: torch.Tensor, batch_size: int) -> torch.Tensor:
+    timesteps = torch.as_tensor(timesteps)
     if timesteps.numel() != batch_size or timesteps.ndim not in (1, 4):
         raise ValueError(
             f"`timesteps` must have shape ({batch_size},) or ({batch_size}, 1, 1, 1), got {tuple(timesteps.shape)}."
         )
-    if timesteps.device.type == "cpu" and timesteps.numel() and (timesteps.min() < 0 or timesteps.max() > 1):
+    if timesteps.device.type == "cpu" and timesteps.numel() and not (timesteps.min() >= 0 and timesteps.max() <= 1):
         raise ValueError("`timesteps` are flow times and must lie in [0, 1] (0 = data, 1 = pure noise).")
     return timesteps.reshape(batch_size, 1, 1, 1)
 
