@@ -8,6 +8,7 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
+from transformers import AutoConfig
 from transformers.utils import is_timm_available
 
 from diffusers_repa import REPAProjector, SiTTransformer2DModel
@@ -356,3 +357,34 @@ def test_buffers_follow_the_model_device_and_dtype():
     moved = encoder.to("meta")
     assert {buffer.device.type for buffer in moved.buffers()} == {"meta"}
     assert {parameter.device.type for parameter in moved.parameters()} == {"meta"}
+
+
+def test_forced_input_size_defaults_to_the_official_token_count(model_dirs):
+    """`input_size` alone keeps the documented default num_tokens, (resolution / 16) ** 2 (it was the grid of the
+    forced input: 64 tokens here, which no SiT/2 at this resolution has)."""
+    path = str(model_dirs["dinov2"])
+    encoder = AlignmentEncoder.from_pretrained(path, resolution=RESOLUTION, input_size=32)
+    assert (encoder.grid_size, encoder.num_tokens) == (8, 16)
+    full = AlignmentEncoder.from_pretrained(path, resolution=RESOLUTION, input_size=32, num_tokens=64)
+    torch.testing.assert_close(encoder(_images()), match_tokens(full(_images()), 16))
+
+
+@pytest.mark.parametrize("num_tokens", [0, -16, True, 16.0, 15])
+def test_invalid_num_tokens_are_refused_before_loading(num_tokens, model_dirs, monkeypatch):
+    """0 and True were accepted (0 gave empty targets at the first training step); -16 and 16.0 failed in isqrt."""
+    monkeypatch.setattr(AutoConfig, "from_pretrained", lambda *args, **kwargs: pytest.fail("loaded before checking"))
+    with pytest.raises(ValueError, match="`num_tokens`"):
+        AlignmentEncoder.from_pretrained(str(model_dirs["dinov2"]), resolution=RESOLUTION, num_tokens=num_tokens)
+    with pytest.raises(ValueError, match="`num_tokens`"):
+        AlignmentEncoder.from_model(
+            transformers.Dinov2Model(FAMILIES["dinov2"][1]), resolution=RESOLUTION, num_tokens=num_tokens
+        )
+
+
+def test_autocast_features_are_float32_after_the_final_layer_norm(model_dirs):
+    """The documented output dtype: under autocast the final LayerNorm runs in float32."""
+    encoder = AlignmentEncoder.from_pretrained(str(model_dirs["dinov2"]), resolution=RESOLUTION)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = encoder(_images())
+    assert features.dtype == torch.float32
+    torch.testing.assert_close(features, encoder(_images()), atol=0.1, rtol=0.05)

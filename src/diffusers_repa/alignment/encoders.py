@@ -288,6 +288,7 @@ class AlignmentEncoder(nn.Module):
             [`AlignmentEncoder`], frozen, on the CPU.
         """
         _check_resolution(resolution)
+        _check_num_tokens(num_tokens)
         hub_kwargs = {key: value for key, value in hf_kwargs.items() if key in _HUB_KWARGS}
         config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
         model_type = config.model_type
@@ -359,6 +360,7 @@ class AlignmentEncoder(nn.Module):
                 "for a checkpoint name or folder use `AlignmentEncoder.from_pretrained`."
             )
         _check_resolution(resolution)
+        _check_num_tokens(num_tokens)
         model_type = model.config.model_type
         name = name or getattr(model, "name_or_path", "") or type(model).__name__
         if model_type in _FAMILIES:
@@ -413,9 +415,10 @@ class AlignmentEncoder(nn.Module):
             }
 
         default_grid = resolution // PIXELS_PER_TOKEN
+        if num_tokens is None:  # the official grid, also when `input_size` is forced
+            num_tokens = default_grid * default_grid
         if input_size is None:
-            target_grid = default_grid if num_tokens is None else _square_side(num_tokens, "`num_tokens`")
-            grid_size = max(target_grid, default_grid)
+            grid_size = max(_square_side(num_tokens, "`num_tokens`"), default_grid)
             input_size = stride * grid_size
         elif input_size <= 0 or input_size % stride:
             raise ValueError(
@@ -505,8 +508,9 @@ class AlignmentEncoder(nn.Module):
             images (`torch.Tensor` of shape `(batch_size, 3, resolution, resolution)`): uint8, or float in [0, 255].
 
         Returns:
-            `torch.Tensor` of shape `(batch_size, num_tokens, embed_dim)`, in the model's dtype (or the autocast
-            dtype), without gradient.
+            `torch.Tensor` of shape `(batch_size, num_tokens, embed_dim)`, without gradient, in the dtype of the
+            network's last operation: the model's dtype, or under autocast the dtype autocast gives that operation
+            (float32 for the final LayerNorm of the ViT families).
         """
         pixel_values = self.preprocess(images).to(self.model.dtype)
         model_type = self.model.config.model_type
@@ -588,6 +592,17 @@ def _check_resolution(resolution: int) -> None:
         or resolution % PIXELS_PER_TOKEN
     ):
         raise ValueError(f"`resolution` must be a positive multiple of {PIXELS_PER_TOKEN}, got {resolution!r}.")
+
+
+def _check_num_tokens(num_tokens: int | None) -> None:
+    if num_tokens is None:
+        return
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
+        raise ValueError(
+            f"`num_tokens` must be a positive integer, the SiT's token count (sample_size // patch_size) ** 2, got "
+            f"{num_tokens!r}."
+        )
+    _square_side(num_tokens, "`num_tokens`")
 
 
 def _unsupported_message(name: str, model_type: str) -> str:
