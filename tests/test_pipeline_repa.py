@@ -7,6 +7,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 from safetensors.torch import load_file
 
 from diffusers_repa.convert import main as convert_main
@@ -178,8 +179,6 @@ def test_a_model_without_the_null_class_refuses_guidance_and_the_null_id_before_
 def test_a_scheduler_swapped_in_for_a_non_sit_one_is_refused_before_any_model_call(repa_tiny_sit):
     """`pipe.scheduler = X.from_config(pipe.scheduler.config)` (diffusers' idiom) skips `__init__`'s check: a
     diffusers scheduler was an AttributeError ('... has no attribute state_dtype')."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
     pipeline = latent_pipeline(repa_tiny_sit, SiTEulerScheduler())
     pipeline.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config)
     recorder = CallRecorder(repa_tiny_sit)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 import numpy as np
 import PIL.Image
 import pytest
+from safetensors.torch import load_file, save_file
 
 from diffusers_repa.sample import main, parse_args, sample_labels
 
@@ -284,10 +286,6 @@ def test_two_processes_share_the_work_and_stop_together(repa_tiny_pipeline_dir, 
 def test_a_model_changed_in_place_does_not_resume(repa_tiny_pipeline_dir, tmp_path, capsys):
     """The same flags on a pipeline folder retrained or re-converted in place (or a Hub repo with new commits) would
     mix two models' images in one FID file: the model's fingerprint is part of the recorded settings."""
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
     model = tmp_path / "model"
     shutil.copytree(repa_tiny_pipeline_dir, model)
     output = tmp_path / "s.npz"
