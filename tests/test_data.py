@@ -224,3 +224,33 @@ def test_module_docstring_examples():
     import diffusers_repa.data as module
 
     assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+@pytest.mark.parametrize("resolution", [0, -64, True])
+def test_a_bad_resolution_is_one_error_before_any_image(resolution):
+    """0 or a negative side halved every image down to 0 px and failed in Pillow, image after image."""
+    with pytest.raises(ValueError, match="`resolution` must be a positive integer"):
+        ImageTransform(resolution)
+    with pytest.raises(ValueError, match="`resolution` must be a positive integer"):
+        preprocess_image(_random_image(100, 80), resolution)
+    with pytest.raises(ValueError, match="`resolution` must be a positive integer"):
+        adm_center_crop(_random_image(100, 80), resolution)
+
+
+def test_sample_posterior_per_channel_values_apply_to_channels():
+    """A list or a (C,) tensor of per-channel values scales the channels: the list raised a TypeError, and the (C,)
+    tensor broadcast over the width (silently, when the width equals C)."""
+    generator = torch.Generator().manual_seed(0)
+    moments = torch.cat([torch.randn(2, 4, 4, 4, generator=generator), torch.zeros(2, 4, 4, 4)], dim=1)
+    mean = moments[:, :4]
+    scale, shift = [1.0, 2.0, 3.0, 4.0], [0.5, -0.5, 0.0, 1.0]
+    expected = mean * torch.tensor(scale).view(1, 4, 1, 1) + torch.tensor(shift).view(1, 4, 1, 1)
+    for as_given in (list, torch.tensor, lambda v: torch.tensor(v, dtype=torch.float64).view(1, 4, 1, 1)):
+        latents = sample_posterior(moments, as_given(scale), as_given(shift))
+        assert latents.dtype == torch.float32
+        torch.testing.assert_close(latents, expected)
+    torch.testing.assert_close(sample_posterior(moments, torch.tensor(2.0)), mean * 2.0)
+    with pytest.raises(ValueError, match=r"`latent_scale` must be a number or one value per latent channel \(4\)"):
+        sample_posterior(moments, [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"`latent_shift` must be a number or one value per latent channel"):
+        sample_posterior(moments, 1.0, torch.ones(1, 1, 1, 4))

@@ -36,9 +36,10 @@ With `streaming=True`, apply the transform with `dataset.map(transform, batched=
 """
 
 import io
+import numbers
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -146,6 +147,7 @@ def adm_center_crop(pil_image: Image.Image, resolution: int) -> Image.Image:
 
     ```
     """
+    _check_resolution(resolution)
     while min(*pil_image.size) >= 2 * resolution:
         pil_image = pil_image.resize(tuple(side // 2 for side in pil_image.size), resample=Image.BOX)
     scale = resolution / min(*pil_image.size)
@@ -153,6 +155,12 @@ def adm_center_crop(pil_image: Image.Image, resolution: int) -> Image.Image:
     left = (pil_image.size[0] - resolution) // 2
     top = (pil_image.size[1] - resolution) // 2
     return pil_image.crop((left, top, left + resolution, top + resolution))
+
+
+def _check_resolution(resolution: int) -> None:
+    # 0 or a negative side halved the image down to 0 px, and Pillow then failed on every image.
+    if isinstance(resolution, bool) or not isinstance(resolution, numbers.Integral) or resolution < 1:
+        raise ValueError(f"`resolution` must be a positive integer (the output side), got {resolution!r}.")
 
 
 def to_rgb(pil_image: Image.Image) -> Image.Image:
@@ -241,6 +249,7 @@ def preprocess_image(
 
     ```
     """
+    _check_resolution(resolution)
     try:
         return _preprocess(image, resolution, max_upscale)
     except ImageSkipped as error:
@@ -280,6 +289,7 @@ class ImageTransform:
         label_column: str = "label",
         max_upscale: float | None = DEFAULT_MAX_UPSCALE,
     ):
+        _check_resolution(resolution)
         self.resolution = resolution
         self.image_column = image_column
         self.label_column = label_column
@@ -420,8 +430,9 @@ def sample_posterior(
     Args:
         moments (`torch.Tensor` of shape `(batch_size, 2 * C, h, w)`): Posterior mean and std, concatenated on the
             channel axis (`(B, 8, 32, 32)` for 256 px SD-VAE latents).
-        latent_scale (`float` or `torch.Tensor` broadcastable to `(1, C, 1, 1)`, defaults to 0.18215): Scale.
-        latent_shift (`float` or `torch.Tensor`, defaults to 0): Shift, added after scaling.
+        latent_scale (`float`, or `C` per-channel values as a list or tensor, defaults to 0.18215): Scale.
+        latent_shift (`float`, or `C` per-channel values as a list or tensor, defaults to 0): Shift, added after
+            scaling.
         generator (`torch.Generator`, *optional*): For the noise; the global generator of `moments.device` if `None`.
 
     Returns:
@@ -444,5 +455,24 @@ def sample_posterior(
             f"`moments` must have shape (batch, 2*C, h, w) holding cat([mean, std]), got {tuple(moments.shape)}."
         )
     mean, std = moments.chunk(2, dim=1)
+    latent_scale = _per_channel(latent_scale, "latent_scale", mean)
+    latent_shift = _per_channel(latent_shift, "latent_shift", mean)
     noise = randn_tensor(mean.shape, generator=generator, device=moments.device, dtype=moments.dtype)
     return (mean + std * noise) * latent_scale + latent_shift
+
+
+def _per_channel(value: float | Sequence[float] | torch.Tensor, name: str, mean: torch.Tensor) -> float | torch.Tensor:
+    """A number as it is; one value per channel (list, `(C,)` or `(1, C, 1, 1)` tensor) as a `(1, C, 1, 1)` tensor on
+    the latents' device and dtype. A `(C,)` tensor used to broadcast over the width, a list raised a TypeError."""
+    if isinstance(value, numbers.Number):
+        return value
+    values = torch.as_tensor(value, dtype=mean.dtype, device=mean.device)
+    channels = mean.shape[1]
+    if values.numel() == 1:
+        return values.reshape(())
+    per_channel = values.shape == (channels,) or (values.ndim in (3, 4) and values.shape[-3:] == (channels, 1, 1))
+    if not per_channel or values.numel() != channels:
+        raise ValueError(
+            f"`{name}` must be a number or one value per latent channel ({channels}), got shape {tuple(values.shape)}."
+        )
+    return values.reshape(1, channels, 1, 1)
