@@ -247,7 +247,7 @@ class REPAPipeline(DiffusionPipeline):
     @property
     def _has_null_class(self) -> bool:
         """Whether the transformer has the unconditional class `num_classes` (trained with label dropout > 0)."""
-        return getattr(self.transformer.config, "class_dropout_prob", 0.1) > 0
+        return getattr(self.transformer.config, "class_dropout_prob", 0.1) > 0  # 0.1: the model's default
 
     def _name_to_id(self, name: str) -> int:
         key = " ".join(name.lower().split())
@@ -981,8 +981,8 @@ def _check_id2label(id2label: dict, num_classes: int) -> dict[str, str]:
         if index is None or not 0 <= index < num_classes:
             raise ValueError(
                 f"`id2label` must map class ids 0..{num_classes - 1} to names, got the key {key!r}: a name looked up "
-                f"there would sample another class (id {num_classes} is the unconditional class); check that the "
-                "ids start at 0 and that the names belong to this model."
+                f"there would sample another class (id {num_classes} is the unconditional class of a model trained "
+                "with label dropout); check that the ids start at 0 and that the names belong to this model."
             )
         checked[str(index)] = str(value)
     return checked
