@@ -149,7 +149,10 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
         offset = np.eye(dim) * eps
         covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
         if not np.isfinite(covmean).all():  # the ADM would return NaN here
-            raise ValueError(f"FID: sqrtm of the covariance product is not finite, even with {eps} on the diagonals.")
+            raise ValueError(
+                f"FID: sqrtm of the covariance product is not finite, even with {eps} on the diagonals: pass a larger "
+                "`eps` (e.g. 1e-4), or use more images than feature dimensions (2048 for FID)."
+            )
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"FID: sqrtm has an imaginary component {np.max(np.abs(covmean.imag)):g} (> 1e-3).")
