@@ -228,3 +228,13 @@ def test_loss_docstring_example_runs():
     import diffusers_repa.alignment.loss as module
 
     assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_projection_loss_refuses_shapes_that_would_broadcast():
+    """Called directly, one projected token against 5 target tokens broadcast into a plausible loss; a shorter list
+    was silently truncated by zip."""
+    targets = [torch.randn(3, 5, 8)]
+    with pytest.raises(ValueError, match=r"Target features 0 have shape \(3, 5, 8\) but the projected states"):
+        projection_loss(targets, [torch.randn(3, 1, 8)])
+    with pytest.raises(ValueError, match="one projected tensor per target tensor, got 1 and 2"):
+        projection_loss(targets * 2, [torch.randn(3, 5, 8)])

@@ -50,7 +50,21 @@ def projection_loss(target_features: Sequence[torch.Tensor], projected_states: S
 
     Returns:
         `torch.Tensor`: float32 scalar in [-1, 1].
+
+    Raises:
+        `ValueError`: when the lists differ in length or a pair differs in shape (broadcasting would hide it).
     """
+    if len(target_features) != len(projected_states) or not target_features:
+        raise ValueError(
+            f"`projection_loss` needs one projected tensor per target tensor, got {len(projected_states)} and "
+            f"{len(target_features)}."
+        )
+    for index, (target, projected) in enumerate(zip(target_features, projected_states)):
+        if target.shape != projected.shape:
+            raise ValueError(
+                f"Target features {index} have shape {tuple(target.shape)} but the projected states "
+                f"{tuple(projected.shape)}: both must be (batch, tokens, dim) with the same sizes."
+            )
     similarities = [
         (F.normalize(target.detach().float(), dim=-1) * F.normalize(projected.float(), dim=-1)).sum(dim=-1).mean()
         for target, projected in zip(target_features, projected_states)
