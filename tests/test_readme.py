@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from diffusers_repa import convert, evaluate, evaluate_alignment, sample
+
 from .train_fixtures import training_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -64,8 +66,6 @@ def _main_with_argv(main):
 @pytest.fixture(scope="module")
 def cli_options() -> dict[str, set[str]]:
     """Option strings per command, keyed by how the README invokes it."""
-    from diffusers_repa import convert, evaluate, evaluate_alignment, sample
-
     return {
         "training/train_repa.py": _options_of(training_module("train_repa").parse_args, ["--help"]),
         "training/prepare_latents.py": _options_of(training_module("prepare_latents").parse_args, ["--help"]),
