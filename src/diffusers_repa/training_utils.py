@@ -65,6 +65,7 @@ from .utils import write_json_atomically
 if TYPE_CHECKING:
     import datasets
     from accelerate import Accelerator
+    from accelerate.scheduler import AcceleratedScheduler
     from diffusers import AutoencoderKL
     from diffusers.training_utils import EMAModel
     from PIL import Image
@@ -439,7 +440,7 @@ class OutputDirLock:
     def __init__(self):
         self._file = None
 
-    def acquire(self, accelerator, output_dir: Path) -> None:
+    def acquire(self, accelerator: "Accelerator", output_dir: Path) -> None:
         """Lock `output_dir` (created if needed) on the main process; raises on every process when it is in use."""
         on_main_process(accelerator, lambda: self._lock(Path(output_dir)))
 
@@ -1735,7 +1736,9 @@ def restart_options(
     return diff.applied
 
 
-def load_training_state(accelerator: "Accelerator", resume_path: Path, lr_scheduler=None) -> TrainState:
+def load_training_state(
+    accelerator: "Accelerator", resume_path: Path, lr_scheduler: "AcceleratedScheduler | None" = None
+) -> TrainState:
     """
     `accelerator.load_state` from a verified checkpoint (the hooks load the models), and its training state.
 
