@@ -195,6 +195,9 @@ def test_match_tokens():
         match_tokens(features, 8)
     with pytest.raises(ValueError, match="not a square grid"):
         match_tokens(features[:, :12], 4)
+    for empty in (0, -4):  # 0 gave (2, 0, 3) features, -4 an isqrt error
+        with pytest.raises(ValueError, match=r"`num_tokens` \(-?[0-9]+\) is not a square grid"):
+            match_tokens(features, empty)
 
 
 def test_several_encoders_feed_the_loss_and_check_compatibility(model_dirs):

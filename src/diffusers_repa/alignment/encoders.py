@@ -172,8 +172,8 @@ def match_tokens(features: torch.Tensor, num_tokens: int) -> torch.Tensor:
 
 
 def _square_side(count: int, what: str) -> int:
-    side = math.isqrt(count)
-    if side * side != count:
+    side = math.isqrt(count) if count >= 1 else 0
+    if side < 1 or side * side != count:
         raise ValueError(f"{what} ({count}) is not a square grid; only square token grids can be matched.")
     return side
 
