@@ -391,3 +391,18 @@ def test_autocast_features_are_float32_after_the_final_layer_norm(model_dirs):
         features = encoder(_images())
     assert features.dtype == torch.float32
     torch.testing.assert_close(features, encoder(_images()), atol=0.1, rtol=0.05)
+
+
+def test_offline_docstring_examples_run():
+    """The examples that need no download run as written (the ones loading facebook/dinov2-base need the Hub)."""
+    import doctest
+
+    import diffusers_repa.alignment.encoders as module
+
+    names = {"resample_position_embeddings", "match_tokens", "AlignmentEncoder.from_model"}
+    tests = [t for t in doctest.DocTestFinder().find(module) if t.name.split("encoders.", 1)[-1] in names]
+    assert len(tests) == len(names)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in tests:
+        runner.run(test)
+    assert runner.failures == 0

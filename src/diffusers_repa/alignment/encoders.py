@@ -116,6 +116,7 @@ def resample_position_embeddings(
 
     >>> resample_position_embeddings(torch.randn(1, 1 + 37 * 37, 8), grid_size=16).shape
     torch.Size([1, 257, 8])
+
     ```
     """
     prefix, grid = position_embeddings[:, :num_prefix_tokens], position_embeddings[:, num_prefix_tokens:]
@@ -154,6 +155,7 @@ def match_tokens(features: torch.Tensor, num_tokens: int) -> torch.Tensor:
 
     >>> match_tokens(torch.randn(2, 256, 768), num_tokens=64).shape  # 16 x 16 -> 8 x 8 (SiT/4 at 256 px)
     torch.Size([2, 64, 768])
+
     ```
     """
     if features.ndim != 3:
@@ -221,6 +223,7 @@ class AlignmentEncoder(nn.Module):
     >>> images = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
     >>> encoder(images).shape
     torch.Size([2, 256, 768])
+
     ```
     """
 
@@ -352,6 +355,7 @@ class AlignmentEncoder(nn.Module):
         >>> encoder = AlignmentEncoder.from_model(dinov2, resolution=64)
         >>> encoder.embed_dim, encoder.num_tokens, encoder.input_size
         (32, 16, 16)
+
         ```
         """
         if not isinstance(model, PreTrainedModel):
@@ -559,6 +563,7 @@ def check_compatibility(
     >>> transformer = SiTTransformer2DModel.from_preset("SiT-XL/2", sample_size=32)
     >>> encoder = AlignmentEncoder.from_pretrained("facebook/dinov2-base", resolution=256)
     >>> check_compatibility(encoder, transformer)  # 256 tokens on both sides
+
     ```
     """
     encoders = [encoders] if isinstance(encoders, AlignmentEncoder) else list(encoders)
