@@ -423,8 +423,12 @@ def test_config_files(tmp_path):
         ("learning_rate: fast\n", "learning_rate: 'fast' is not valid"),
         ("batch_size: 2.5\n", "batch_size must be an integer, got 2.5"),
         ("path_type: cosin\n", "path_type must be one of linear, cosine, got 'cosin'"),
+        (
+            "mixed_precision: no\n",
+            "got False (YAML reads an unquoted no, yes, on or off as a boolean: quote the value)",
+        ),
     ],
-    ids=["missing", "yaml", "list", "number", "integer", "choice"],
+    ids=["missing", "yaml", "list", "number", "integer", "choice", "yaml-boolean"],
 )
 def test_bad_config_files_are_one_parser_error(tmp_path, capsys, text, message):
     """A config file's values get the command line's checks (set_defaults bypasses choices), as one usage error."""

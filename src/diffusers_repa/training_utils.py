@@ -762,7 +762,10 @@ def read_config_file(parser: argparse.ArgumentParser, path: str) -> dict[str, An
             parser.error(f"{path}: {name} must be an integer, got {value!r}.")
         # set_defaults bypasses argparse's own checks of `choices`
         if action.choices is not None and value is not None and value not in action.choices:
-            parser.error(f"{path}: {name} must be one of {', '.join(map(str, action.choices))}, got {value!r}.")
+            quote = ""
+            if isinstance(value, bool):  # YAML 1.1 (PyYAML): `mixed_precision: no` arrives as False
+                quote = " (YAML reads an unquoted no, yes, on or off as a boolean: quote the value)"
+            parser.error(f"{path}: {name} must be one of {', '.join(map(str, action.choices))}, got {value!r}{quote}.")
     return values
 
 
