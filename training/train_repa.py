@@ -409,8 +409,10 @@ def build_transformer(args: argparse.Namespace, data: DatasetInfo) -> SiTTransfo
     fixed = {"cfg_prob": ("class_dropout_prob", args.cfg_prob), "qk_norm": ("qk_norm", args.qk_norm)}
     for option, (key, value) in fixed.items():
         if transformer.config[key] != value:
-            given = "--qk_norm" if transformer.config[key] else "no --qk_norm"
-            fix = given if option == "qk_norm" else f"--cfg_prob {transformer.config[key]}"
+            if option == "qk_norm":
+                fix = "--qk_norm" if transformer.config[key] else "no --qk_norm"
+            else:
+                fix = f"--cfg_prob {transformer.config[key]}"
             raise ValueError(
                 f"The pretrained transformer has {key}={transformer.config[key]}, but --{option} is {value}: it sets a "
                 f"new model's value and cannot change a pretrained one. Pass {fix}."
