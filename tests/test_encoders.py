@@ -219,6 +219,9 @@ def test_several_encoders_feed_the_loss_and_check_compatibility(model_dirs):
 
     with pytest.raises(ValueError, match=r"z_dims \[16\] must equal the encoders' embed_dims \[16, 16\]"):
         check_compatibility(encoders, transformer, REPAProjector(hidden_size=16, projector_dim=8, z_dims=[16]))
+    narrow = REPAProjector(hidden_size=12, projector_dim=8, z_dims=[e.embed_dim for e in encoders])
+    with pytest.raises(ValueError, match=r"width 12, but the transformer's are 16 wide"):
+        check_compatibility(encoders, transformer, narrow)  # it failed only in the first step's matmul
     wider = SiTTransformer2DModel(
         sample_size=16, patch_size=2, num_layers=2, num_attention_heads=2, attention_head_dim=8, alignment_depth=1
     )

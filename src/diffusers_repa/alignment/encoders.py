@@ -549,7 +549,8 @@ def check_compatibility(
     Args:
         encoders ([`AlignmentEncoder`] or a list of them): The target encoders, in projector-head order.
         transformer (`SiTTransformer2DModel`): The (unwrapped) model to train.
-        projector (`REPAProjector`, *optional*): Checked to have one head per encoder with `z_dim == embed_dim`.
+        projector (`REPAProjector`, *optional*): Checked to read the transformer's width and to have one head per
+            encoder with `z_dim == embed_dim`.
 
     Raises:
         `ValueError`: naming the encoder and the setting to change.
@@ -580,6 +581,12 @@ def check_compatibility(
             )
     if projector is None:
         return
+    width = config.num_attention_heads * config.attention_head_dim
+    if projector.config.hidden_size != width:
+        raise ValueError(
+            f"The projector reads hidden states of width {projector.config.hidden_size}, but the transformer's are "
+            f"{width} wide: build it as REPAProjector(hidden_size={width}, ...)."
+        )
     z_dims = list(projector.config.z_dims)
     embed_dims = [encoder.embed_dim for encoder in encoders]
     if z_dims != embed_dims:
