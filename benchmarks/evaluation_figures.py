@@ -88,6 +88,8 @@ def main() -> None:
         parser.error(f"--pipeline {args.pipeline} is not a saved pipeline folder (no model_index.json).")
     if args.num_samples < 4:
         parser.error(f"--num_samples must be at least 4, got {args.num_samples}.")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}.")
     torch.set_num_threads(args.threads)
 
     network = load_inception("cpu")

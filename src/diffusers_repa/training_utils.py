@@ -1710,16 +1710,16 @@ def resume_options(
 
 def restart_options(
     run_args: dict[str, Any], output_dir: Path, applicable: Collection[str], ignored: Collection[str]
-) -> dict[str, tuple[Any, Any]]:
+) -> None:
     """
     `--resume_from_checkpoint latest` found no checkpoint, so the run starts at step 0; but `output_dir` may hold a
     run that stopped before its first checkpoint (its `training_args.json`, logs and validation grids). Starting over
     there is that run's re-queued job only with its options: a change a resume could not make raises one error listing
-    them all (the folder would mix two runs); the others are logged and returned.
+    them all (the folder would mix two runs); the others are logged.
     """
     path = Path(output_dir) / TRAINING_ARGS
     if not path.is_file():
-        return {}
+        return
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
@@ -1736,7 +1736,6 @@ def restart_options(
         )
     for name, (old, new) in diff.applied.items():
         logger.warning(f"{name} changed {old} -> {new} since the run that stopped before its first checkpoint.")
-    return diff.applied
 
 
 def load_training_state(
